@@ -1,0 +1,183 @@
+"""Command line of ``python -m flows.optimize``.
+
+Every input is validated before Prefect starts or anything is written: bad input prints
+one line per problem and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows.engine.config import OptimizeRequest, RunConfig, prepare
+from flows.engine.problems import EXIT_BAD_INPUT, PlanError
+from flows.engine.report import text_tree
+from flows.engine.resolve import planned_epochs
+from flows.engine.results import Decision
+from flows.engine.schema import GateNode
+from flows.engine.tree import paths, tree_view
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PLAN = PROJECT_ROOT / "configs" / "fod_plan.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options, each explained for --help."""
+    p = argparse.ArgumentParser(
+        prog="python -m flows.optimize",
+        description="Walk a plan's decision tree of YOLO training phases, gate on mAP/speed/VRAM, "
+        "deploy the winner or keep the baseline, and write a report.",
+    )
+    p.add_argument(
+        "--plan", type=Path, default=DEFAULT_PLAN, help="plan file (default: configs/fod_plan.yaml)"
+    )
+    p.add_argument("--data", type=Path, help="Ultralytics dataset YAML (required unless --demo)")
+    p.add_argument(
+        "--profile", help="a profile of the plan that overrides values for small runs (e.g. smoke)"
+    )
+    p.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="where run folders and the model registry go"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, print the tree, gates and planned epochs; train nothing",
+    )
+    p.add_argument(
+        "--replay",
+        type=Path,
+        metavar="SPEC",
+        help="replay recorded results.csv files instead of training (SPEC format: docs/REPLAY.md)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="force an Ultralytics argument on every run, e.g. --set device=0 (repeatable)",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="generate a small synthetic runway-FOD dataset and walk the whole tree on CPU (profile 'demo')",
+    )
+    return p
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs, values read as YAML scalars (so 0 is an int and true a bool)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PlanError.from_line("--set", f"{item!r} is not KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def demo_request(args: argparse.Namespace) -> OptimizeRequest:
+    """Generate the demo dataset in a fresh folder and ask for the demo profile."""
+    from flows.demo_data import generate_demo_dataset
+
+    root = args.runs_dir / "demo-data" / time.strftime("%Y%m%d-%H%M%S")
+    data = generate_demo_dataset(root)
+    print(f"demo dataset: {data}")
+    return OptimizeRequest(plan=args.plan, data=data, profile=args.profile or "demo", runs_dir=args.runs_dir)
+
+
+def request_from(args: argparse.Namespace) -> OptimizeRequest:
+    """Turn parsed options into the one request object."""
+    if args.data is None:
+        raise PlanError.from_line("--data", "give the dataset YAML (or use --demo)")
+    return OptimizeRequest(
+        plan=args.plan,
+        data=args.data,
+        profile=args.profile,
+        runs_dir=args.runs_dir,
+        replay=args.replay,
+        overrides=parse_overrides(args.overrides),
+    )
+
+
+def describe_plan(cfg: RunConfig) -> str:
+    """What --dry-run prints: tree, gate rules, planned epochs per branch."""
+    plan = cfg.plan
+    lines = [f"plan {plan.plan} ({cfg.request.plan}), profile {cfg.request.profile}", "", "tree:"]
+    lines.append(text_tree(tree_view(plan)))
+    lines += ["", "path rules:"]
+    for name, node in plan.nodes.items():
+        if isinstance(node, GateNode):
+            conds = " AND ".join(describe_condition(c) for c in node.conditions)
+            lines.append(f"  {name}: {conds} (unknown → {node.on_unknown}) ? {node.on_pass} : {node.on_fail}")
+    lines += ["", "planned epochs per branch:"]
+    totals = []
+    for path in paths(plan):
+        epochs = sum(planned_epochs(plan, n, cfg.force)[0] for n in path)
+        totals.append(epochs)
+        lines.append(f"  {epochs:6d}  {' → '.join(path)}")
+    lines.append(f"  best case {min(totals)} epochs, worst case {max(totals)} epochs")
+    for warning in cfg.warnings:
+        lines.append(warning)
+    return "\n".join(lines)
+
+
+def describe_condition(cond: Any) -> str:
+    """One condition as text."""
+    if cond.check == "metric":
+        return f"{cond.metric} ≥ {cond.min:g}"
+    if cond.check == "speedup":
+        return f"{cond.figure} ≥ {cond.min:+.0%} vs {cond.vs}"
+    if cond.check == "vram":
+        return f"VRAM {cond.figure} ≤ {cond.max_gb:g} GB"
+    return cond.check
+
+
+EPHEMERAL_STARTUP_S = 120
+"""Prefect's embedded server needs more than its default 20 s on a busy 2-core machine."""
+
+
+def run_flow(request: OptimizeRequest) -> Decision:
+    """Run the flow, giving Prefect's embedded server time to start when no API URL is set."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+    from prefect.settings import temporary_settings
+
+    from flows.fod_flow import optimize
+
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        return optimize(request)
+    with temporary_settings({STARTUP: max(STARTUP.value(), EPHEMERAL_STARTUP_S)}):
+        return optimize(request)
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Parse, validate (exit 2 on bad input), then dry-run or run the flow."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        request = demo_request(args) if args.demo else request_from(args)
+        cfg = prepare(request)
+    except PlanError as exc:
+        for problem in exc.problems:
+            print(problem.line(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
+        print(describe_plan(cfg))
+        return 0
+    started = time.monotonic()
+    decision = run_flow(request)
+    run_dir = request.runs_dir / decision.run_id
+    print(
+        f"terminal: {decision.terminal} ({decision.terminal_kind}) after {time.monotonic() - started:.0f} s"
+    )
+    print(f"path: {' → '.join(decision.path)}")
+    if decision.deployed_model:
+        print(f"deployed model: {decision.deployed_model}")
+    print(f"report: {run_dir / 'REPORT.md'}")
+    return 0

@@ -1,0 +1,173 @@
+"""The one validated configuration object of a run, and how it is prepared.
+
+``OptimizeRequest`` is what a user gives (command line, or a Prefect deployment's form).
+``prepare`` checks *everything* — plan schema, tree, Ultralytics arguments, model files,
+dataset, replay spec — and returns a ``RunConfig`` or raises ``PlanError`` listing every
+problem, before a run folder exists or any training starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.engine.data import check_dataset, fingerprint_dataset
+from flows.engine.loader import load_plan
+from flows.engine.problems import PlanError, Problem, errors_of
+from flows.engine.resolve import inherited, node_args, resolve_path, trial_args
+from flows.engine.schema import Plan, SearchNode, TrainNode
+from flows.engine.validate import check_plan
+
+
+class OptimizeRequest(BaseModel):
+    """What a user asks for; the flow's parameters and the CLI's options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    plan: Path = Field(description="Plan file (YAML), e.g. configs/fod_plan.yaml")
+    data: Path = Field(description="Ultralytics dataset YAML")
+    profile: str | None = Field(default=None, description="A profile of the plan, e.g. smoke")
+    runs_dir: Path = Field(default=Path("runs"), description="Where run folders and the model registry live")
+    replay: Path | None = Field(
+        default=None, description="Replay SPEC: replay recorded results.csv instead of training"
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Ultralytics arguments forced on every run (e.g. device: 0)"
+    )
+
+
+class RunConfig(BaseModel):
+    """A request after validation, with the plan loaded and everything resolved that can be."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request: OptimizeRequest
+    plan: Plan
+    force: dict[str, Any]
+    plan_dir: Path
+    data: Path
+    data_fingerprint: str
+    trainer: Literal["ultralytics", "replay"]
+    warnings: tuple[str, ...] = ()
+
+    def args_for(self, node: str) -> dict[str, Any]:
+        """Merged Ultralytics arguments of a train node."""
+        return node_args(self.plan, node, self.force)
+
+    def trial_args_for(self, node: str, point: dict[str, Any], *, full: bool = False) -> dict[str, Any]:
+        """Merged arguments of a search trial or of its full run."""
+        return trial_args(self.plan, node, point, self.force, full=full)
+
+    def model_of(self, node: str) -> Path:
+        """The model a train node (or a search, through its base) trains."""
+        return resolve_model_path(self.plan, node, self.plan_dir)
+
+    def pretrained_of(self, node: str) -> Path | None:
+        """Local pretrained weights of a train node (or a search's base)."""
+        return resolve_path(inherited(self.plan, base_of(self.plan, node), "pretrained"), self.plan_dir)
+
+    def effective_batch_of(self, node: str) -> int | None:
+        """Effective batch of a train node (or a search's base)."""
+        return inherited(self.plan, base_of(self.plan, node), "effective_batch")
+
+    def grad_clip_of(self, node: str) -> float | None:
+        """Gradient-clipping norm of a train node (or a search's base)."""
+        return inherited(self.plan, base_of(self.plan, node), "grad_clip_norm")
+
+
+def base_of(plan: Plan, node: str) -> str:
+    """A search trains its base's model; a train node its own."""
+    target = plan.nodes[node]
+    return target.base if isinstance(target, SearchNode) else node
+
+
+def resolve_model_path(plan: Plan, node: str, plan_dir: Path) -> Path:
+    """Resolve a node's model name through fod_models (scaled names like yolo11m-p2.yaml)."""
+    from fod_models import resolve_model
+
+    value = inherited(plan, base_of(plan, node), "model")
+    return Path(resolve_model(value, base_dir=plan_dir))
+
+
+def check_models(plan: Plan, source: str, plan_dir: Path, force: dict[str, Any]) -> list[Problem]:
+    """Every train node has a model that resolves, existing pretrained weights, and a fitting imgsz."""
+    from fod_models import ModelSpecError, check_imgsz, resolve_model
+
+    problems: list[Problem] = []
+    for name, node in plan.nodes.items():
+        if not isinstance(node, TrainNode):
+            continue
+        where = f"nodes.{name}"
+        value = inherited(plan, name, "model")
+        if value is None:
+            problems.append(
+                Problem(source, f"{where}.model", "no model: set model: (or base: a node that has one)")
+            )
+            continue
+        try:
+            model = resolve_model(value, base_dir=plan_dir)
+        except (ModelSpecError, FileNotFoundError) as exc:
+            problems.append(Problem(source, f"{where}.model", str(exc)))
+            continue
+        weights = resolve_path(inherited(plan, name, "pretrained"), plan_dir)
+        if weights is not None and not weights.is_file():
+            problems.append(Problem(source, f"{where}.pretrained", f"weights file {weights} not found"))
+        imgsz = node_args(plan, name, force).get("imgsz", 640)
+        if isinstance(imgsz, int) and (message := check_imgsz(imgsz, model)):
+            problems.append(Problem(source, f"{where}.args.imgsz", message))
+    return problems
+
+
+def check_replay(request: OptimizeRequest, plan: Plan) -> list[Problem]:
+    """A replay SPEC must parse and cover every node that trains."""
+    from tasks.replay import ReplaySpecError, load_replay_spec
+
+    assert request.replay is not None
+    try:
+        spec = load_replay_spec(request.replay)
+    except ReplaySpecError as exc:
+        return [Problem(str(request.replay), "", str(exc))]
+    missing = spec.missing_nodes(plan.train_nodes())
+    return [
+        Problem(str(request.replay), node, "no recorded run for this node and no default") for node in missing
+    ]
+
+
+def collect_problems(request: OptimizeRequest) -> tuple[Plan | None, dict[str, Any], list[Problem]]:
+    """Load the plan and gather every problem with it, its files and the dataset."""
+    source = str(request.plan)
+    try:
+        plan, force = load_plan(request.plan, request.profile)
+    except PlanError as exc:
+        return None, {}, [*exc.problems, *check_dataset(request.data)]
+    force = {**force, **request.overrides}
+    problems = check_plan(plan, source)
+    if not errors_of(problems):
+        from flows.engine.ultra_args import check_plan_args
+
+        problems += check_plan_args(plan, source, force)
+        problems += check_models(plan, source, request.plan.parent, force)
+    problems += check_dataset(request.data)
+    if request.replay is not None:
+        problems += check_replay(request, plan)
+    return plan, force, problems
+
+
+def prepare(request: OptimizeRequest) -> RunConfig:
+    """Validate a request completely: return the config, or raise ``PlanError`` with every problem."""
+    plan, force, problems = collect_problems(request)
+    errors = errors_of(problems)
+    if errors or plan is None:
+        raise PlanError(errors)
+    return RunConfig(
+        request=request,
+        plan=plan,
+        force=force,
+        plan_dir=request.plan.resolve().parent,
+        data=request.data.resolve(),
+        data_fingerprint=fingerprint_dataset(request.data),
+        trainer="replay" if request.replay else "ultralytics",
+        warnings=tuple(p.line() for p in problems if p.severity == "warning"),
+    )

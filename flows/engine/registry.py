@@ -1,0 +1,102 @@
+"""Terminals: deploy a phase's weights into a versioned registry, or record keeping the baseline.
+
+A registry version is a folder ``REGISTRY/PLAN/vN`` created atomically (``mkdir`` fails
+if it exists), holding ``best.pt`` and ``MODEL_CARD.md``; no version is ever replaced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flows.engine.fsutil import atomic_copy, atomic_write_text
+from flows.engine.gates import shortfalls
+from flows.engine.results import GateResult, PhaseResult
+
+MAX_VERSIONS = 100_000
+
+
+def next_version_dir(registry: Path, plan: str) -> Path:
+    """Create and return the next free ``vN`` folder for the plan (never an existing one)."""
+    root = registry / plan
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[1:]) for p in root.glob("v*") if p.name[1:].isdigit()]
+    for n in range(max(taken, default=0) + 1, MAX_VERSIONS):
+        candidate = root / f"v{n}"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free version folder under {root}")
+
+
+def model_card(
+    plan: str, version: str, phase: PhaseResult, gates: list[GateResult], path: list[str], fingerprint: str
+) -> str:
+    """A model card: metrics, gate tables, data fingerprint, training args, path taken."""
+    m = phase.metrics
+    lines = [
+        f"# {plan} {version}",
+        "",
+        f"Deployed from node `{phase.node}`; path taken: {' → '.join(path)}.",
+        f"Dataset fingerprint: `{fingerprint}`.",
+        "",
+        "| metric (final validation of best.pt) | value |",
+        "|---|---|",
+        *(f"| {k} | {v if v is None else f'{v:.4f}'} |" for k, v in m.model_dump().items()),
+        "",
+        f"Epochs {phase.epochs_done}/{phase.epochs_planned}; batch {phase.batch_used} × {phase.accumulate} "
+        f"accumulation = effective {phase.effective_batch}; {phase.images_per_s or 'unknown'} images/s; "
+        f"peak VRAM NVML {phase.nvml_peak_used_gb} GB, torch {phase.torch_peak_reserved_gb} GB; "
+        f"GPU {phase.gpu_name}.",
+        "",
+    ]
+    for gate in gates:
+        lines += gate_table(gate)
+    lines += [
+        "## Training arguments",
+        "",
+        "```json",
+        json.dumps(phase.args, indent=2, default=str),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def gate_table(gate: GateResult) -> list[str]:
+    """A gate as Markdown table lines."""
+    return [
+        f"### Gate `{gate.node}` on `{gate.subject}`: **{gate.outcome}** → `{gate.next}`",
+        "",
+        "| condition | observed | threshold | verdict | note |",
+        "|---|---|---|---|---|",
+        *(f"| {r.condition} | {r.observed} | {r.threshold} | {r.verdict} | {r.note} |" for r in gate.rows),
+        "",
+    ]
+
+
+def deploy(
+    registry: Path,
+    plan: str,
+    phase: PhaseResult,
+    gates: list[GateResult],
+    path: list[str],
+    fingerprint: str,
+) -> Path:
+    """Copy the winning weights into a new registry version with its model card; return the weights' path."""
+    if phase.weights is None or not Path(phase.weights).is_file():
+        raise FileNotFoundError(f"{phase.node} has no weights to deploy ({phase.weights})")
+    version_dir = next_version_dir(registry, plan)
+    target = atomic_copy(Path(phase.weights), version_dir / "best.pt")
+    card = model_card(plan, version_dir.name, phase, gates, path, fingerprint)
+    atomic_write_text(version_dir / "MODEL_CARD.md", card)
+    return target
+
+
+def baseline_record(baseline: str, map50_95: float, gates: list[GateResult]) -> str:
+    """Why the baseline stays: every failed condition and by how much."""
+    lines = [f"# Keeping the baseline {baseline} (mAP50-95 {map50_95:.4f})", "", "Gates that failed:", ""]
+    lines += [f"- {line}" for gate in gates for line in shortfalls(gate)] or ["- none"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,169 @@
+"""The run report: the tree with the path taken, gate tables, phase tables and curves.
+
+``render_report`` returns Markdown (written as REPORT.md and published as a Prefect
+artifact); ``plot_curves`` draws mAP50-95 per epoch per phase into a PNG (matplotlib,
+Agg backend, imported lazily).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+from pathlib import Path
+
+from flows.engine.registry import gate_table
+from flows.engine.results import Decision, PhaseResult, TreeView
+
+SHAPES = {
+    "train": ('["', '"]'),
+    "search": ('[["', '"]]'),
+    "gate": ('{"', '"}'),
+    "deploy": ('(["', '"])'),
+    "keep_baseline": ('(["', '"])'),
+}
+
+
+def mermaid(tree: TreeView, path: Sequence[str]) -> str:
+    """The tree as a Mermaid flowchart; nodes and edges on the path taken are highlighted."""
+    lines = ["flowchart TD"]
+    for name, kind in tree.kinds.items():
+        left, right = SHAPES.get(kind, ('["', '"]'))
+        lines.append(f"    {name}{left}{tree.labels.get(name, name)}{right}")
+    taken = set(pairwise(path))
+    link_styles = []
+    for i, edge in enumerate(tree.edges):
+        label = f"|{edge.label}|" if edge.label else ""
+        lines.append(f"    {edge.source} -->{label} {edge.target}")
+        if (edge.source, edge.target) in taken:
+            link_styles.append(str(i))
+    lines.append("    classDef taken fill:#d4f7d4,stroke:#1a7f37,stroke-width:3px")
+    if path:
+        lines.append(f"    class {','.join(dict.fromkeys(path))} taken")
+    if link_styles:
+        lines.append(f"    linkStyle {','.join(link_styles)} stroke:#1a7f37,stroke-width:3px")
+    return "\n".join(lines)
+
+
+def text_tree(tree: TreeView, path: Sequence[str] = ()) -> str:
+    """The tree as indented text (terminal output of --dry-run and the report's fallback)."""
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, depth: int, label: str) -> None:
+        mark = "*" if name in path else " "
+        prefix = f"{label}: " if label else ""
+        out.append(f"{mark} {'    ' * depth}{prefix}{name} ({tree.labels.get(name, name)})")
+        if name in seen:
+            return
+        seen.add(name)
+        for edge in tree.edges:
+            if edge.source == name:
+                visit(edge.target, depth + 1, edge.label)
+
+    visit(tree.start, 0, "")
+    return "\n".join(out)
+
+
+def fmt4(value: float | None) -> str:
+    """A metric for a table."""
+    return "–" if value is None else f"{value:.4f}"
+
+
+def phase_rows(phases: Sequence[PhaseResult]) -> list[str]:
+    """One table row per training."""
+    rows = [
+        "| run | status | mAP50-95 | mAP50 | P | R | epochs | batch×acc=eff | images/s "
+        "| VRAM NVML / torch GB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in phases:
+        m = p.metrics
+        run = p.node if p.trial is None else f"{p.node} trial {p.trial}"
+        rows.append(
+            f"| {run} | {p.status} | {fmt4(m.map50_95)} | {fmt4(m.map50)} "
+            f"| {fmt4(m.precision)} | {fmt4(m.recall)} "
+            f"| {p.epochs_done}/{p.epochs_planned} | {p.batch_used}×{p.accumulate}={p.effective_batch} "
+            f"| {p.images_per_s if p.images_per_s is None else f'{p.images_per_s:.1f}'} "
+            f"| {p.nvml_peak_used_gb} / {p.torch_peak_reserved_gb} |"
+        )
+    return rows
+
+
+def trial_rows(trials: Sequence[PhaseResult], keys: Sequence[str]) -> list[str]:
+    """The search's trials with their points."""
+    rows = ["| trial | " + " | ".join(keys) + " | mAP50-95 | status |", "|---" * (len(keys) + 3) + "|"]
+    for t in trials:
+        values = " | ".join(str(t.args.get(k, "")) for k in keys)
+        rows.append(f"| {t.node}/{t.trial} | {values} | {fmt4(t.metrics.map50_95)} | {t.status} |")
+    return rows
+
+
+def render_report(
+    decision: Decision, tree: TreeView, curves_png: str | None, space_keys: Sequence[str]
+) -> str:
+    """The whole REPORT.md."""
+    verdict = (
+        f"**Deployed `{decision.deployed_from}`** → `{decision.deployed_model}`"
+        if decision.terminal_kind == "deploy"
+        else f"**Kept the baseline {decision.baseline_name}** (mAP50-95 {fmt4(decision.baseline_map50_95)})"
+    )
+    lines = [
+        f"# {decision.plan}: run {decision.run_id}",
+        "",
+        f"{verdict}; terminal `{decision.terminal}`; profile `{decision.profile}`; "
+        f"dataset fingerprint `{decision.data_fingerprint}`.",
+        "",
+        f"Path taken: {' → '.join(decision.path)}",
+        "",
+        "## Decision tree (path taken in green)",
+        "",
+        "```mermaid",
+        mermaid(tree, decision.path),
+        "```",
+        "",
+        "```text",
+        text_tree(tree, decision.path),
+        "```",
+        "",
+    ]
+    if decision.warnings:
+        lines += ["## Warnings", "", *(f"- {w}" for w in decision.warnings), ""]
+    lines += ["## Gates", ""]
+    for gate in decision.gates:
+        lines += gate_table(gate)
+    lines += ["## Phases", "", *phase_rows(decision.phases), ""]
+    if decision.trials:
+        lines += ["## Search trials", "", *trial_rows(decision.trials, space_keys), ""]
+    if curves_png:
+        lines += ["## mAP50-95 per epoch", "", f"![mAP50-95 per epoch]({curves_png})", ""]
+    return "\n".join(lines)
+
+
+def plot_curves(runs: Sequence[PhaseResult], out: Path) -> Path | None:
+    """Draw mAP50-95 per epoch for every run with a history; None when there is nothing to draw."""
+    drawable = [r for r in runs if any(e.map50_95 is not None for e in r.history)]
+    if not drawable:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for run in drawable:
+        xs = [e.epoch for e in run.history if e.map50_95 is not None]
+        ys = [e.map50_95 for e in run.history if e.map50_95 is not None]
+        label = run.node if run.trial is None else f"{run.node} t{run.trial}"
+        style = "-" if run.trial is None else ":"
+        ax.plot(xs, ys, style, marker="o" if len(xs) < 15 else None, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mAP50-95 (validation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

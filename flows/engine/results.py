@@ -1,0 +1,200 @@
+"""Typed results that cross the boundary between trainers and the decision logic.
+
+Every trainer (real Ultralytics in a child process, or the replay trainer) returns a
+``PhaseResult``; every per-epoch progress report is an ``EpochEvent``. Gates, monitors,
+reports and the journal read only these types, so a new trainer plugs in without
+touching the decision logic.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+METRIC_NAMES = ("precision", "recall", "map50", "map50_95")
+"""Validation metrics a gate may read; always of the final validation of best.pt."""
+
+
+class Frozen(BaseModel):
+    """Base for immutable, strict records."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EpochRecord(Frozen):
+    """One row of a training record (Ultralytics' results.csv), normalised.
+
+    ``epoch`` is 1-based. Metrics are fractions (0..1); missing or non-finite values are None.
+    """
+
+    epoch: int = Field(ge=1)
+    precision: float | None = None
+    recall: float | None = None
+    map50: float | None = None
+    map50_95: float | None = None
+    losses: dict[str, float | None] = Field(default_factory=dict)
+    lr: dict[str, float | None] = Field(default_factory=dict)
+    time_s: float | None = None
+    """Cumulative wall time at the end of this epoch, when the record has it."""
+
+
+class EpochEvent(Frozen):
+    """Progress of one epoch, streamed from a trainer while it runs.
+
+    This is the single per-epoch event of the engine: monitors, progress artifacts and
+    (later) early stopping and resume all subscribe to it.
+    """
+
+    node: str
+    trial: int | None = None
+    epochs_planned: int
+    record: EpochRecord
+    images_per_s: float | None = None
+    torch_reserved_gb: float | None = None
+    nvml_used_gb: float | None = None
+    nan_recoveries: int = 0
+
+
+class ValMetrics(Frozen):
+    """Final validation of best.pt. Never Ultralytics' ``fitness``."""
+
+    precision: float | None = None
+    recall: float | None = None
+    map50: float | None = None
+    map50_95: float | None = None
+
+    def get(self, name: str) -> float | None:
+        """Return a metric by its plan name, or None when it is unknown."""
+        value = getattr(self, name)
+        return value if value is not None and math.isfinite(value) else None
+
+
+class PhaseResult(Frozen):
+    """Everything the decision logic and the report need to know about one training run."""
+
+    node: str
+    trial: int | None = None
+    status: Literal["completed", "stopped", "diverged", "failed"] = "completed"
+    reason: str | None = None
+    metrics: ValMetrics = ValMetrics()
+    history: tuple[EpochRecord, ...] = ()
+    epochs_planned: int = 0
+    epochs_done: int = 0
+    nan_recoveries: int = 0
+    diverged: bool = False
+    batch_requested: int | None = None
+    batch_used: int | None = None
+    """Batch after any automatic out-of-memory reduction."""
+    accumulate: int | None = None
+    effective_batch: int | None = None
+    nbs: int | None = None
+    images_per_s: float | None = None
+    """Training throughput: median over epochs after the first."""
+    inference_ms: float | None = None
+    torch_peak_reserved_gb: float | None = None
+    nvml_peak_used_gb: float | None = None
+    gpu_name: str | None = None
+    wall_s: float | None = None
+    weights: Path | None = None
+    results_csv: Path | None = None
+    args: dict[str, object] = Field(default_factory=dict)
+    """The training arguments actually passed to Ultralytics."""
+
+    @property
+    def completed(self) -> bool:
+        """True when every planned epoch ran (early stop by patience counts as not completed)."""
+        return self.epochs_planned > 0 and self.epochs_done >= self.epochs_planned
+
+
+class TrainSpec(Frozen):
+    """One fully resolved training run, handed to a trainer.
+
+    ``args`` are Ultralytics training arguments already validated and merged
+    (defaults → profile → node → trial); ``model``, ``data``, ``project`` and ``name``
+    are not in ``args``: the trainer sets them from the fields below.
+    """
+
+    plan: str
+    node: str
+    trial: int | None = None
+    model: Path
+    """Model YAML (scale in the file name, e.g. ``yolo11m-p2.yaml``) or a local checkpoint."""
+    pretrained: Path | None = None
+    """Local weights whose matching layers are transferred into ``model``."""
+    data: Path
+    args: dict[str, object] = Field(default_factory=dict)
+    effective_batch: int | None = None
+    """Turned into Ultralytics' ``nbs`` so that accumulation gives this effective batch."""
+    grad_clip_norm: float | None = None
+    run_dir: Path
+    """Folder the trainer owns for this run (Ultralytics' project/name)."""
+
+    @property
+    def epochs(self) -> int:
+        """Epochs planned for this run."""
+        return int(self.args.get("epochs", 100))  # type: ignore[call-overload]
+
+
+Verdict = Literal["pass", "fail", "unknown"]
+
+
+class ConditionRow(Frozen):
+    """One line of a gate table."""
+
+    condition: str
+    observed: str
+    threshold: str
+    verdict: Verdict
+    passed: bool
+    """Verdict after the gate's policy for unknown figures."""
+    note: str = ""
+
+
+class GateResult(Frozen):
+    """A gate's evaluation: its table and where the tree goes next."""
+
+    node: str
+    subject: str
+    rows: tuple[ConditionRow, ...]
+    outcome: Literal["pass", "fail"]
+    next: str
+
+
+class TreeEdge(Frozen):
+    """An edge of the plan's tree, for drawing it."""
+
+    source: str
+    target: str
+    label: str = ""
+
+
+class TreeView(Frozen):
+    """The tree as a picture needs it: node kinds, labels and edges."""
+
+    start: str
+    kinds: dict[str, str]
+    labels: dict[str, str]
+    edges: tuple[TreeEdge, ...]
+
+
+class Decision(Frozen):
+    """The outcome of one walk of the tree; what decision.json holds."""
+
+    plan: str
+    run_id: str
+    profile: str | None = None
+    terminal: str
+    terminal_kind: Literal["deploy", "keep_baseline"]
+    path: tuple[str, ...]
+    gates: tuple[GateResult, ...] = ()
+    phases: tuple[PhaseResult, ...] = ()
+    trials: tuple[PhaseResult, ...] = ()
+    warnings: tuple[str, ...] = ()
+    deployed_model: Path | None = None
+    deployed_from: str | None = None
+    baseline_name: str | None = None
+    baseline_map50_95: float | None = None
+    data_fingerprint: str | None = None

@@ -1,0 +1,262 @@
+"""The plan file's schema: a declarative decision tree of training phases, searches, gates and terminals.
+
+These pydantic v2 models are the one validated config object that travels through the
+engine. Every model forbids unknown keys, so a typo is an error, not a silently ignored
+setting. Cross-node rules (reachability, cycles, targets) live in ``validate.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MetricName = Literal["precision", "recall", "map50", "map50_95"]
+SpeedFigure = Literal["images_per_s"]
+VramFigure = Literal["nvml_peak", "torch_peak", "both"]
+UnknownPolicy = Literal["pass", "fail"]
+NODE_NAME = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$"
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys are errors; values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def parse_fraction(value: Any, *, what: str, upper: float | None = 1.0) -> float:
+    """Read a threshold as a fraction; accept ``"91.5%"`` strings; reject bare percentages.
+
+    One unit everywhere (fractions, as Ultralytics reports mAP) so that 91.5 and 0.915 can
+    never be confused: a bare number above ``upper`` is refused with the fraction to write.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.endswith("%"):
+            raise ValueError(
+                f"{what} must be a number (fraction) or a percentage like '91.5%', got {value!r}"
+            )
+        try:
+            number = float(text[:-1]) / 100.0
+        except ValueError:
+            raise ValueError(f"{what}: cannot read {value!r} as a percentage") from None
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number, got {type(value).__name__}")
+    else:
+        number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{what} must be a finite number ≥ 0, got {value!r}")
+    if upper is not None and number > upper:
+        raise ValueError(
+            f"{what} = {value!r} looks like a percentage; thresholds are fractions: "
+            f"write {number / 100:g} (or the string '{number:g}%')"
+        )
+    return number
+
+
+class Baseline(Strict):
+    """The model in service today; what 'keep the baseline' keeps."""
+
+    name: str
+    map50_95: float = Field(description="Its mAP50-95 as a fraction (0.9331 = 93.31 %).")
+    weights: str | None = None
+
+    @field_validator("map50_95", mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> float:
+        return parse_fraction(value, what="baseline.map50_95")
+
+
+class Monitor(Strict):
+    """A per-epoch check that raises a visible warning (and optionally stops the phase)."""
+
+    name: str
+    figure: Literal["precision", "recall", "map50", "map50_95", "nvml_used_gb", "torch_reserved_gb"]
+    min: float | None = None
+    max: float | None = None
+    by_epoch: int | None = Field(default=None, ge=1, description="Only checked at this epoch and later.")
+    action: Literal["warn", "stop"] = "warn"
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Monitor:
+        if (self.min is None) == (self.max is None):
+            raise ValueError(f"monitor {self.name!r}: give exactly one of min or max")
+        if self.figure in ("precision", "recall", "map50", "map50_95"):
+            for bound in (self.min, self.max):
+                if bound is not None:
+                    parse_fraction(bound, what=f"monitor {self.name!r} {self.figure}")
+        return self
+
+
+class TrainNode(Strict):
+    """One training phase: a model, its Ultralytics arguments and where to go next."""
+
+    kind: Literal["train"]
+    description: str = ""
+    base: str | None = Field(default=None, description="Inherit model and args from this train node.")
+    model: str | None = None
+    pretrained: str | None = None
+    effective_batch: int | None = Field(default=None, ge=1, le=1024)
+    grad_clip_norm: float | None = Field(default=None, gt=0)
+    args: dict[str, Any] = Field(default_factory=dict)
+    monitors: list[Monitor] = Field(default_factory=list)
+    next: str
+
+
+class Design(Strict):
+    """How a search chooses its trials (see ``sampling.py``)."""
+
+    method: Literal["grid", "orthogonal", "latin", "random"]
+    max_trials: int = Field(ge=1, le=1000)
+    seed: int = 0
+    n_trials: int | None = Field(default=None, ge=1)
+
+
+class SearchNode(Strict):
+    """A hyper-parameter search: trials → pick the best → one full run of the best."""
+
+    kind: Literal["search"]
+    description: str = ""
+    base: str = Field(description="The train node whose model and args the search tunes from.")
+    space: dict[str, list[Any]]
+    design: Design
+    trial_epochs: int = Field(ge=1)
+    select: MetricName = "map50_95"
+    full_epochs: int | None = Field(
+        default=None, ge=1, description="Epochs of the full run; default: base's."
+    )
+    monitors: list[Monitor] = Field(default_factory=list)
+    next: str
+
+    @field_validator("space")
+    @classmethod
+    def _levels(cls, space: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not space:
+            raise ValueError("space is empty: name at least one argument and its levels")
+        for key, levels in space.items():
+            if not levels:
+                raise ValueError(f"space.{key} has no levels")
+        return space
+
+
+class MetricCheck(Strict):
+    """A validation metric of the subject's best.pt must reach a minimum."""
+
+    check: Literal["metric"]
+    metric: MetricName
+    min: float
+    on_unknown: UnknownPolicy | None = None
+
+    @field_validator("min", mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> float:
+        return parse_fraction(value, what="min")
+
+
+class SpeedupCheck(Strict):
+    """The subject must train at least ``min`` faster (fraction: 0.25 = 25 %) than another phase."""
+
+    check: Literal["speedup"]
+    vs: str
+    min: float
+    figure: SpeedFigure = "images_per_s"
+    on_unknown: UnknownPolicy | None = None
+
+    @field_validator("min", mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> float:
+        return parse_fraction(value, what="speedup min", upper=10.0)
+
+
+class VramCheck(Strict):
+    """Peak GPU memory of the subject must stay at or below ``max_gb``."""
+
+    check: Literal["vram"]
+    max_gb: float = Field(gt=0)
+    figure: VramFigure = "nvml_peak"
+    on_unknown: UnknownPolicy | None = None
+
+    @field_validator("max_gb")
+    @classmethod
+    def _gigabytes(cls, value: float) -> float:
+        if value > 2048:
+            raise ValueError(f"max_gb = {value:g} looks like MiB; VRAM limits are in GB (e.g. 20)")
+        return value
+
+
+class FlagCheck(Strict):
+    """A yes/no property of the run: it did not diverge, or it completed every planned epoch."""
+
+    check: Literal["no_divergence", "completed"]
+    on_unknown: UnknownPolicy | None = None
+
+
+Condition = Annotated[MetricCheck | SpeedupCheck | VramCheck | FlagCheck, Field(discriminator="check")]
+
+
+class GateNode(Strict):
+    """All conditions on the subject's result must pass; the gate names where each outcome goes."""
+
+    kind: Literal["gate"]
+    description: str = ""
+    subject: str
+    conditions: list[Condition] = Field(min_length=1)
+    on_unknown: UnknownPolicy = Field(
+        default="fail", description="What a figure that could not be measured (no GPU: no VRAM) counts as."
+    )
+    on_pass: str
+    on_fail: str
+
+
+class DeployNode(Strict):
+    """Terminal: copy the phase's best weights into the model registry with a model card."""
+
+    kind: Literal["deploy"]
+    description: str = ""
+    phase: str
+
+
+class KeepBaselineNode(Strict):
+    """Terminal: keep the baseline in service and record which gates failed by how much."""
+
+    kind: Literal["keep_baseline"]
+    description: str = ""
+
+
+Node = Annotated[
+    TrainNode | SearchNode | GateNode | DeployNode | KeepBaselineNode, Field(discriminator="kind")
+]
+TERMINAL_KINDS = ("deploy", "keep_baseline")
+
+
+class Profile(Strict):
+    """Overrides for small runs (e.g. ``smoke``), applied without copying the tree.
+
+    ``defaults`` go under every node's args, ``force`` over everything (trials too), and
+    ``nodes`` is deep-merged into the node definitions.
+    """
+
+    description: str = ""
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    force: dict[str, Any] = Field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    registry: str | None = None
+
+
+class Plan(Strict):
+    """A whole plan file, after any profile has been applied."""
+
+    plan: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    description: str = ""
+    task: Literal["detect"] = "detect"
+    baseline: Baseline
+    registry: str = Field(default="models", description="Model registry folder, relative to the runs folder.")
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    start: str
+    nodes: dict[Annotated[str, Field(pattern=NODE_NAME)], Node]
+    profiles: dict[str, Profile] = Field(default_factory=dict)
+
+    def train_nodes(self) -> dict[str, TrainNode | SearchNode]:
+        """Nodes that train (phases and searches), by name."""
+        return {k: v for k, v in self.nodes.items() if isinstance(v, TrainNode | SearchNode)}

@@ -1,0 +1,160 @@
+"""Walk the validated tree: train, gate, branch, until a terminal.
+
+Pure orchestration: training is delegated to an ``Executor`` (Prefect tasks in the
+flow, plain calls in tests), so this walk is the same code whatever runs the phases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from flows.engine.config import RunConfig
+from flows.engine.gates import evaluate_gate
+from flows.engine.results import GateResult, PhaseResult, TrainSpec
+from flows.engine.sampling import describe_design, sample_trials
+from flows.engine.schema import GateNode, SearchNode, TrainNode
+
+
+class Executor(Protocol):
+    """What the walk needs from whoever runs it."""
+
+    def train(self, spec: TrainSpec) -> PhaseResult:
+        """Run one training (a phase, a trial or a search's full run)."""
+        ...
+
+    def gate(self, result: GateResult) -> None:
+        """Publish a gate's evaluation (log, artifact)."""
+        ...
+
+    def enter(self, node: str, index: int) -> None:
+        """Report that the walk reached a node (progress)."""
+        ...
+
+
+@dataclass
+class WalkState:
+    """What the walk has done so far."""
+
+    path: list[str] = field(default_factory=list)
+    results: dict[str, PhaseResult] = field(default_factory=dict)
+    gates: list[GateResult] = field(default_factory=list)
+    trials: list[PhaseResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> str:
+        """The node the walk ended on."""
+        return self.path[-1]
+
+
+def phase_dir(run_dir: Path, node: str, trial: int | None = None, *, full: bool = False) -> Path:
+    """Where one training writes: phases/NODE, phases/NODE/trial-NN or phases/NODE/full."""
+    base = run_dir / "phases" / node
+    if full:
+        return base / "full"
+    return base if trial is None else base / f"trial-{trial:02d}"
+
+
+def train_spec(cfg: RunConfig, run_dir: Path, node: str) -> TrainSpec:
+    """The spec of a train node."""
+    return TrainSpec(
+        plan=cfg.plan.plan,
+        node=node,
+        model=cfg.model_of(node),
+        pretrained=cfg.pretrained_of(node),
+        data=cfg.data,
+        args=cfg.args_for(node),
+        effective_batch=cfg.effective_batch_of(node),
+        grad_clip_norm=cfg.grad_clip_of(node),
+        run_dir=phase_dir(run_dir, node),
+    )
+
+
+def search_spec(
+    cfg: RunConfig, run_dir: Path, node: str, point: dict[str, Any], trial: int | None
+) -> TrainSpec:
+    """The spec of a search trial (``trial`` set) or of the full run of the best point (``trial`` None)."""
+    full = trial is None
+    return TrainSpec(
+        plan=cfg.plan.plan,
+        node=node,
+        trial=trial,
+        model=cfg.model_of(node),
+        pretrained=cfg.pretrained_of(node),
+        data=cfg.data,
+        args=cfg.trial_args_for(node, point, full=full),
+        effective_batch=cfg.effective_batch_of(node),
+        grad_clip_norm=cfg.grad_clip_of(node),
+        run_dir=phase_dir(run_dir, node, trial, full=full),
+    )
+
+
+def score(result: PhaseResult, metric: str) -> float | None:
+    """A trial's score; diverged or failed trials have none."""
+    if result.diverged or result.status == "failed":
+        return None
+    return result.metrics.get(metric)
+
+
+def pick_best(trials: Sequence[PhaseResult], metric: str) -> PhaseResult | None:
+    """The best trial by ``metric`` (first on ties), or None when no trial has a score."""
+    scored = [(s, i, t) for i, t in enumerate(trials) if (s := score(t, metric)) is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda item: (item[0], -item[1]))[2]
+
+
+def search_points(node: SearchNode) -> list[dict[str, Any]]:
+    """The trials' points, chosen as the node's design says."""
+    d = node.design
+    return sample_trials(node.space, d.method, d.max_trials, seed=d.seed, n_trials=d.n_trials)
+
+
+def run_search(
+    cfg: RunConfig, run_dir: Path, name: str, node: SearchNode, ex: Executor, state: WalkState
+) -> PhaseResult:
+    """Trials → best → one full run of the best; the full run is the search's result."""
+    d = node.design
+    state.notes.append(f"{name}: {describe_design(node.space, d.method, d.max_trials, d.seed)}")
+    points = search_points(node)
+    trials = [ex.train(search_spec(cfg, run_dir, name, point, i)) for i, point in enumerate(points)]
+    state.trials += trials
+    best = pick_best(trials, node.select)
+    if best is None:
+        return PhaseResult(node=name, status="failed", reason="no trial produced a score")
+    point = points[best.trial or 0]
+    state.notes.append(
+        f"{name}: best trial {best.trial} ({node.select} {score(best, node.select):.4f}): {point}"
+    )
+    return ex.train(search_spec(cfg, run_dir, name, point, None))
+
+
+def step(cfg: RunConfig, run_dir: Path, name: str, ex: Executor, state: WalkState) -> str | None:
+    """Run one node; return the next node's name, or None at a terminal."""
+    node = cfg.plan.nodes[name]
+    if isinstance(node, TrainNode):
+        state.results[name] = ex.train(train_spec(cfg, run_dir, name))
+        return node.next
+    if isinstance(node, SearchNode):
+        state.results[name] = run_search(cfg, run_dir, name, node, ex, state)
+        return node.next
+    if isinstance(node, GateNode):
+        result = evaluate_gate(name, node, state.results.get(node.subject), state.results)
+        state.gates.append(result)
+        ex.gate(result)
+        return result.next
+    return None
+
+
+def walk_tree(cfg: RunConfig, run_dir: Path, ex: Executor) -> WalkState:
+    """Walk from the start to a terminal."""
+    state = WalkState()
+    name: str | None = cfg.plan.start
+    while name is not None:
+        state.path.append(name)
+        ex.enter(name, len(state.path))
+        name = step(cfg, run_dir, name, ex, state)
+    return state

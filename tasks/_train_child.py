@@ -1,0 +1,411 @@
+"""The child process side of ``UltralyticsTrainer``: one Ultralytics training run.
+
+Training runs in its own process (spawned, never forked: CUDA cannot be forked) so that a cancel
+or a kill of the flow ends it and gives the GPU back. Everything leaves this process through ONE
+queue of ``(kind, payload)`` messages, all plain JSON-like data:
+
+- ``("epoch", EpochEvent as dict)`` after each epoch; the child then WAITS for the parent's reply
+  on the control queue (``("continue",)`` or ``("stop", reason)``), so a stop decided on epoch N
+  takes effect before epoch N+1 starts: early stopping is deterministic;
+- ``("log", line)`` for every line of Ultralytics' logger;
+- ``("result", dict)`` once at the end (status ``completed`` or ``diverged``);
+- ``("error", traceback text)`` instead of a result when anything else raised.
+
+Nothing heavy is imported at module level: the parent imports this module only to name the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import queue
+import re
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ULTRALYTICS_CLIP_NORM = 10.0
+"""The gradient norm Ultralytics 8.4 hard-codes in ``BaseTrainer.optimizer_step``."""
+
+BOX_METRICS = {
+    "precision": "metrics/precision(B)",
+    "recall": "metrics/recall(B)",
+    "map50": "metrics/mAP50(B)",
+    "map50_95": "metrics/mAP50-95(B)",
+}
+"""Ultralytics' detection metric keys; never ``fitness`` (0.1*mAP50 + 0.9*mAP50-95)."""
+
+REPLY_POLL_S = 1.0
+PARENT_POLL_S = 1.0
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_training(spec_json: str, device: str | None, messages: Any, control: Any) -> None:
+    """Process entry point: train ``spec`` and report through ``messages``; never raises."""
+    os.environ["YOLO_OFFLINE"] = "1"  # before Ultralytics is imported: nothing may be downloaded
+    _watch_parent()
+    channel = Channel(messages, control)
+    try:
+        from flows.engine.results import TrainSpec
+
+        spec = TrainSpec.model_validate_json(spec_json)
+        channel.send("result", train(spec, device, channel))
+    except BaseException:
+        channel.send("error", traceback.format_exc())
+    finally:
+        channel.flush()
+
+
+class Channel:
+    """The child's end of the message queue and of the control queue."""
+
+    def __init__(self, messages: Any, control: Any) -> None:
+        self.messages = messages
+        self.control = control
+
+    def send(self, kind: str, payload: object) -> None:
+        """Put one message; a closed queue (parent gone) is not the child's problem."""
+        with contextlib.suppress(Exception):
+            self.messages.put((kind, payload))
+
+    def send_epoch(self, event: dict) -> str | None:
+        """Send an epoch event and wait for the parent's verdict; return a stop reason or None."""
+        self.send("epoch", event)
+        while True:
+            try:
+                reply = self.control.get(timeout=REPLY_POLL_S)
+            except queue.Empty:
+                continue  # the parent-death watchdog ends this process if nobody will ever answer
+            if reply and reply[0] == "stop":
+                return str(reply[1]) if len(reply) > 1 else "stopped"
+            return None
+
+    def flush(self) -> None:
+        """Let the queue's feeder thread write everything before the process exits."""
+        with contextlib.suppress(Exception):
+            self.messages.close()
+            self.messages.join_thread()
+
+
+def _watch_parent() -> None:
+    """Exit when the parent dies (even by SIGKILL), so an orphaned run never holds the GPU."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while parent.is_alive():
+            time.sleep(PARENT_POLL_S)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+class QueueLogHandler(logging.Handler):
+    """Forwards Ultralytics' log lines to the parent, one message per non-empty line."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(logging.INFO)
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = ANSI.sub("", self.format(record))
+        except Exception:
+            return
+        for line in text.splitlines():
+            if line.strip():
+                self.channel.send("log", line.rstrip())
+
+
+def forward_ultralytics_logs(channel: Channel) -> None:
+    """Replace Ultralytics' console handler by the queue, so each line reaches the parent once."""
+    from ultralytics.utils import LOGGER
+
+    for handler in list(LOGGER.handlers):
+        if isinstance(handler, logging.StreamHandler):
+            LOGGER.removeHandler(handler)
+    handler = QueueLogHandler(channel)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    LOGGER.addHandler(handler)
+
+
+class Session:
+    """State of one run shared by the trainer subclass and its callbacks."""
+
+    def __init__(self, spec: Any, channel: Channel, sampler: Any, cuda: bool) -> None:
+        self.spec = spec
+        self.channel = channel
+        self.sampler = sampler
+        self.cuda = cuda
+        self.epoch_started: float | None = None
+        self.train_seconds: float | None = None
+        self.stop_reason: str | None = None
+        self.images_per_s: list[float] = []
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        """Start the clock of the training part of an epoch (restarted after an OOM retry)."""
+        self.epoch_started = time.time()
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        """Stop the clock before validation, so images/s measures training only."""
+        if self.epoch_started is not None:
+            self.train_seconds = time.time() - self.epoch_started
+
+    def on_fit_epoch_end(self, trainer: Any) -> None:
+        """Report the epoch and apply the parent's verdict; skipped for the final validation."""
+        if getattr(trainer, "in_final_eval", False):
+            return  # final_eval() fires this callback again with epoch+1: not a training epoch
+        event = self.epoch_event(trainer)
+        reason = self.channel.send_epoch(event)
+        if reason is not None:
+            self.stop_reason = reason
+            trainer.stop = True  # BaseTrainer breaks right after this callback, then validates best.pt
+
+    def epoch_event(self, trainer: Any) -> dict:
+        """Build the EpochEvent of the epoch that just ended, as a dict."""
+        from flows.engine.results import EpochEvent
+
+        speed = self.images_per_second(trainer)
+        if speed is not None:
+            self.images_per_s.append(speed)
+        snap = self.sampler.sample() if self.sampler is not None else None
+        return EpochEvent(
+            node=self.spec.node,
+            trial=self.spec.trial,
+            epochs_planned=int(trainer.epochs),
+            record=epoch_record(trainer),
+            images_per_s=speed,
+            torch_reserved_gb=self.torch_reserved_gb(),
+            nvml_used_gb=snap.used_gb if snap is not None and snap.available else None,
+            nan_recoveries=int(getattr(trainer, "nan_recoveries", 0)),
+        ).model_dump(mode="json")
+
+    def images_per_second(self, trainer: Any) -> float | None:
+        """Training images of one epoch over the epoch's training time (validation excluded)."""
+        loader = getattr(trainer, "train_loader", None)
+        if loader is None or not self.train_seconds:
+            return None
+        return len(loader.dataset) / self.train_seconds
+
+    def torch_reserved_gb(self) -> float | None:
+        """What Ultralytics' ``GPU_mem`` shows: memory reserved by this process's CUDA allocator."""
+        if not self.cuda:
+            return None
+        import torch
+
+        return torch.cuda.memory_reserved() / 2**30
+
+
+def epoch_record(trainer: Any) -> Any:
+    """The row Ultralytics appends to results.csv for this epoch, as an EpochRecord."""
+    from flows.engine.results import EpochRecord
+
+    metrics = trainer.metrics or {}
+    losses = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss else {}
+    losses.update({k: v for k, v in metrics.items() if k.startswith("val/")})
+    return EpochRecord(
+        epoch=int(trainer.epoch) + 1,
+        **box_metrics(metrics),
+        losses={k: finite(v) for k, v in losses.items()},
+        lr={k: finite(v) for k, v in (getattr(trainer, "lr", None) or {}).items()},
+        time_s=time.time() - trainer.train_time_start,
+    )
+
+
+def box_metrics(metrics: dict) -> dict[str, float | None]:
+    """Precision, recall, mAP50 and mAP50-95 of boxes from an Ultralytics metrics dict."""
+    return {field: finite(metrics.get(key)) for field, key in BOX_METRICS.items()}
+
+
+def finite(value: object) -> float | None:
+    """A float, or None for missing and non-finite values."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def make_trainer_class(session: Session) -> type:
+    """A DetectionTrainer that clips at ``grad_clip_norm`` and records what Ultralytics hides.
+
+    Overrides only what it must: ``optimizer_step`` (the clip value), ``_build_train_pipeline``
+    (the nominal accumulation, which warm-up ramps from 1), ``_handle_nan_recovery`` (count every
+    recovery: Ultralytics resets its own counter after each good epoch) and ``final_eval``.
+    """
+    import torch
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    clip_norm = session.spec.grad_clip_norm or ULTRALYTICS_CLIP_NORM
+
+    class FodDetectionTrainer(DetectionTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.grad_clip_norm = clip_norm
+            self.clip_norm_used: float | None = None
+            self.nominal_accumulate: int | None = None
+            self.nan_recoveries = 0
+            self.diverged_reason: str | None = None
+            self.in_final_eval = False
+            self.final_validated = False
+            for event in ("on_train_epoch_start", "on_train_epoch_end", "on_fit_epoch_end"):
+                self.add_callback(event, getattr(session, event))
+
+        def optimizer_step(self) -> None:
+            """Ultralytics' step with the clip norm of this phase instead of the hard-coded 10.0."""
+            self.scaler.unscale_(self.optimizer)
+            foreach = {"foreach": False} if self.device.type == "npu" else {}
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=self.grad_clip_norm, **foreach)
+            self.clip_norm_used = self.grad_clip_norm
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad()
+            if self.ema:
+                self.ema.update(self.model)
+
+        def _build_train_pipeline(self) -> None:
+            super()._build_train_pipeline()
+            self.nominal_accumulate = int(self.accumulate)
+
+        def _handle_nan_recovery(self, epoch: int) -> bool:
+            try:
+                recovered = super()._handle_nan_recovery(epoch)
+            except RuntimeError as exc:
+                self.diverged_reason = str(exc)
+                raise
+            self.nan_recoveries += int(bool(recovered))
+            return recovered
+
+        def final_eval(self) -> None:
+            self.final_validated = self.best.exists()
+            self.in_final_eval = True
+            try:
+                super().final_eval()
+            finally:
+                self.in_final_eval = False
+
+    return FodDetectionTrainer
+
+
+def train_args(spec: Any, device: str | None) -> dict[str, Any]:
+    """The keyword arguments given to ``YOLO.train``; they land in ``spec.run_dir`` exactly."""
+    run_dir = Path(spec.run_dir).resolve()  # a relative project would go under Ultralytics' runs_dir
+    args: dict[str, Any] = dict(spec.args)
+    if device is not None:
+        args.setdefault("device", device)
+    args.update(data=str(spec.data), project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
+    if spec.effective_batch:
+        args["nbs"] = int(spec.effective_batch)
+    return args
+
+
+def nvml_index(device: str | None) -> int | None:
+    """The GPU index to watch with NVML, or None on CPU/MPS."""
+    text = str(device if device is not None else "0").strip().lower()
+    if text in {"cpu", "mps"} or "," in text:
+        return None
+    text = text.removeprefix("cuda:").removeprefix("cuda") or "0"
+    return int(text) if text.isdigit() else 0
+
+
+def train(spec: Any, device: str | None, channel: Channel) -> dict[str, Any]:
+    """Build the model, train it and return the result payload (status completed or diverged)."""
+    from ultralytics import YOLO
+
+    from tasks.vram import PeakSampler, VramProbe
+
+    forward_ultralytics_logs(channel)
+    args = train_args(spec, device)
+    index = nvml_index(args.get("device"))
+    sampler = PeakSampler(VramProbe(index)).start() if index is not None else None
+    cuda = _cuda_device(args.get("device"))
+    session = Session(spec, channel, sampler, cuda)
+    model = YOLO(str(spec.model))
+    if spec.pretrained:
+        model.load(str(spec.pretrained))
+    status, reason = "completed", None
+    try:
+        model.train(trainer=make_trainer_class(session), **args)
+    except RuntimeError:
+        trainer = model.trainer
+        if trainer is None or not getattr(trainer, "diverged_reason", None):
+            raise
+        status, reason = "diverged", str(trainer.diverged_reason)
+    finally:
+        peak = sampler.stop() if sampler is not None else None
+    return result_payload(model.trainer, session, args, status, reason, peak)
+
+
+def _cuda_device(device: object) -> bool:
+    """True when training will run on CUDA."""
+    import torch
+
+    text = str(device if device is not None else "").lower()
+    return torch.cuda.is_available() and text not in {"cpu", "mps"}
+
+
+def result_payload(
+    trainer: Any, session: Session, args: dict, status: str, reason: str | None, nvml_peak: float | None
+) -> dict[str, Any]:
+    """Everything the parent turns into a PhaseResult, as plain data."""
+    final = box_metrics(trainer.metrics or {}) if trainer.final_validated and status != "diverged" else {}
+    speed = getattr(trainer.validator, "speed", None) or {}
+    batch_used = int(trainer.batch_size)
+    accumulate = trainer.nominal_accumulate
+    recorded_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
+    if session.spec.grad_clip_norm is not None:
+        recorded_args["grad_clip_norm"] = trainer.clip_norm_used
+    return {
+        "status": status,
+        "reason": reason,
+        "stop_reason": session.stop_reason,
+        "save_dir": str(trainer.save_dir),
+        "epochs_planned": int(trainer.epochs),
+        "epochs_done": int(trainer.epoch) + 1,
+        "metrics": final,
+        "final_validated": bool(trainer.final_validated),
+        "inference_ms": finite(speed.get("inference")) if final else None,
+        "nan_recoveries": int(trainer.nan_recoveries),
+        "batch_used": batch_used,
+        "accumulate": accumulate,
+        "effective_batch": batch_used * accumulate if accumulate else None,
+        "nbs": int(trainer.args.nbs),
+        "effective_weight_decay": effective_weight_decay(trainer.args, batch_used),
+        "images_per_s": list(session.images_per_s),
+        "torch_peak_reserved_gb": _torch_peak_gb() if session.cuda else None,
+        "nvml_peak_used_gb": nvml_peak,
+        "gpu_name": _gpu_name(session),
+        "args": recorded_args,
+    }
+
+
+def effective_weight_decay(args: Any, batch: int) -> float:
+    """The decay Ultralytics really applies: ``weight_decay * batch * accumulate / nbs`` (before capping)."""
+    accumulate = max(round(float(args.nbs) / batch), 1)
+    return float(args.weight_decay) * batch * accumulate / float(args.nbs)
+
+
+def _torch_peak_gb() -> float:
+    """Peak memory reserved by this process's CUDA allocator over the whole run."""
+    import torch
+
+    return torch.cuda.max_memory_reserved() / 2**30
+
+
+def _gpu_name(session: Session) -> str | None:
+    """The GPU's name from NVML, else from torch; None on CPU."""
+    last = session.sampler.last if session.sampler is not None else None
+    if last is not None and last.available:
+        return last.name
+    if session.cuda:
+        import torch
+
+        return torch.cuda.get_device_name()
+    return None

@@ -1,0 +1,394 @@
+"""A trainer that replays recorded Ultralytics runs instead of training.
+
+Walking every branch of a plan for real costs days of GPU time; replaying real ``results.csv``
+files walks any branch in seconds, with real learning curves, so gates, monitors, reports and the
+deploy step can be exercised end to end. The replay trainer has the same interface as the real
+one: ``ReplayTrainer(spec_path).train(spec, on_epoch) -> PhaseResult``.
+
+Replay SPEC (YAML; see docs/REPLAY.md)::
+
+    default:                      # optional: used for every node not listed under `nodes`
+      csv: ../shared/curves/23.csv
+    nodes:
+      phase1:                     # a plain node: one recorded run
+        csv: ../shared/curves/25.csv     # relative to this SPEC file
+        offset_map50_95: 0.16            # optional overrides, see RunEntry
+        images_per_s: 40
+      phase3:                     # a search node
+        trials:                   # a list used in order (cycled), or one mapping for all trials
+          - csv: ../shared/curves/29.csv
+          - csv: ../shared/curves/35.csv
+        full:                     # the full run of the best trial (TrainSpec.trial is None)
+          csv: ../shared/curves/5.csv
+
+A run replays the first ``spec.epochs`` records (a longer curve is cut; a shorter one ends the run
+"stopped"), streams one ``EpochEvent`` per epoch, and returns the metrics of the epoch best.pt comes
+from (Ultralytics' fitness), as a final validation of best.pt would. It writes
+``run_dir/results.csv`` (the replayed rows) and ``run_dir/weights/best.pt`` (a text placeholder).
+
+Pure: no torch, Ultralytics or Prefect.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from flows.engine.fsutil import atomic_write_text
+from flows.engine.records import (
+    RecordError,
+    best_epoch,
+    epoch_durations,
+    median_after_first,
+    read_results_csv,
+)
+from flows.engine.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
+
+DEFAULT_BATCH = 16
+"""Ultralytics' default ``batch``."""
+DEFAULT_NBS = 64
+"""Ultralytics' default nominal batch size."""
+DIVERGED_REASON = "NaN/Inf loss; recoveries exhausted"
+UNION_TAGS = ("run", "search", "one", "list")
+"""Names pydantic puts in an error's location for a union's branch; left out of messages."""
+
+
+class ReplaySpecError(ValueError):
+    """A replay SPEC that cannot be used; the message names the SPEC file, the key path and the problem."""
+
+
+class RunEntry(BaseModel):
+    """One recorded run and what the replay reports beside its curve.
+
+    ``csv`` is relative to the SPEC file. ``scale_map`` multiplies mAP50 and mAP50-95 and
+    ``offset_map50_95`` is then added to mAP50-95 (both clipped to 0..1): they turn one real curve
+    into a pass or a fail of a gate. ``train_images`` lets images/s be derived from the record's
+    ``time`` column when ``images_per_s`` is not given.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    csv: Path
+    images_per_s: float | None = Field(default=None, gt=0)
+    train_images: int | None = Field(default=None, ge=1)
+    inference_ms: float | None = Field(default=None, gt=0)
+    torch_peak_reserved_gb: float | None = Field(default=None, ge=0)
+    nvml_peak_used_gb: float | None = Field(default=None, ge=0)
+    gpu_name: str | None = None
+    diverged: bool = False
+    nan_recoveries: int = Field(default=0, ge=0)
+    batch_used: int | None = Field(default=None, ge=1)
+    scale_map: float | None = Field(default=None, gt=0)
+    offset_map50_95: float | None = Field(default=None, ge=-1, le=1)
+
+    @field_validator("csv")
+    @classmethod
+    def _check_csv(cls, value: Path, info: ValidationInfo) -> Path:
+        """Resolve the record against the SPEC's folder and prove it is a results.csv with epochs."""
+        base = (info.context or {}).get("base_dir", Path.cwd())
+        path = (Path(base) / value).resolve()
+        if not path.is_file():
+            raise ValueError(f"file not found: {path}")
+        try:
+            records = read_results_csv(path)
+        except RecordError as exc:
+            raise ValueError(str(exc)) from exc
+        if not records:
+            raise ValueError(f"{path} holds no epochs")
+        return path
+
+
+class SearchEntry(BaseModel):
+    """A search node: its trials (in order, cycled) and the full run of the best trial."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trials: Annotated[
+        Annotated[RunEntry, Tag("one")] | Annotated[list[RunEntry], Field(min_length=1), Tag("list")],
+        Discriminator(lambda value: "list" if isinstance(value, list) else "one"),
+    ]
+    full: RunEntry
+
+    def trial_entry(self, trial: int) -> RunEntry:
+        """The entry for 0-based ``trial``; a list shorter than the trials is cycled."""
+        if isinstance(self.trials, RunEntry):
+            return self.trials
+        return self.trials[trial % len(self.trials)]
+
+
+def _entry_kind(value: Any) -> str:
+    """Tell a search entry (has ``trials`` or ``full``) from a plain run entry."""
+    keys = value.keys() if isinstance(value, dict) else vars(value) if isinstance(value, BaseModel) else ()
+    return "search" if {"trials", "full"} & set(keys) else "run"
+
+
+NodeEntry = Annotated[
+    Annotated[RunEntry, Tag("run")] | Annotated[SearchEntry, Tag("search")],
+    Discriminator(_entry_kind),
+]
+
+
+class ReplaySpec(BaseModel):
+    """A validated replay SPEC: which recorded run each plan node replays."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: NodeEntry | None = None
+    nodes: dict[str, NodeEntry] = Field(default_factory=dict)
+    _source: Path | None = PrivateAttr(default=None)
+    """The SPEC file it was loaded from (set by ``load_replay_spec``), for messages."""
+
+    @property
+    def source(self) -> Path | None:
+        """The SPEC file this was loaded from, when it came from one."""
+        return self._source
+
+    def missing_nodes(self, train_nodes: Iterable[str]) -> list[str]:
+        """Train nodes that have neither an entry nor a default, in the order given."""
+        if self.default is not None:
+            return []
+        return [node for node in train_nodes if node not in self.nodes]
+
+    def entry_for(self, node: str, trial: int | None) -> RunEntry:
+        """The recorded run for a node (a search's trial, or its full run when ``trial`` is None)."""
+        entry = self.nodes.get(node, self.default)
+        if entry is None:
+            raise ReplaySpecError(f"{self.source}: nodes.{node}: no entry for this node and no default")
+        if isinstance(entry, RunEntry):
+            return entry
+        return entry.full if trial is None else entry.trial_entry(trial)
+
+
+def load_replay_spec(path: Path) -> ReplaySpec:
+    """Read and validate a replay SPEC, checking every recorded run it names, before anything runs."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ReplaySpecError(f"{path}: cannot read the replay SPEC ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ReplaySpecError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ReplaySpecError(f"{path}: a replay SPEC is a mapping with 'nodes' and/or 'default'")
+    try:
+        spec = ReplaySpec.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        raise ReplaySpecError(_describe(path, exc)) from exc
+    if spec.default is None and not spec.nodes:
+        raise ReplaySpecError(f"{path}: no 'nodes' and no 'default': nothing to replay")
+    spec._source = path
+    return spec
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    """One line per problem: SPEC file, key path (without pydantic's union tags) and message."""
+    lines = []
+    for error in exc.errors():
+        keys = [str(part) for part in error["loc"] if part not in UNION_TAGS]
+        problem = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        problem = problem.removeprefix("Value error, ")
+        lines.append(f"{path}: {'.'.join(keys) or '<top>'}: {problem}")
+    return "\n".join(lines)
+
+
+class ReplayTrainer:
+    """Replays recorded results.csv files in place of training (same interface as the real trainer)."""
+
+    def __init__(self, spec_path: Path) -> None:
+        self.spec = load_replay_spec(spec_path)
+
+    def train(self, spec: TrainSpec, on_epoch: Callable[[EpochEvent], None]) -> PhaseResult:
+        """Replay the node's recorded run: stream its epochs, write its files, return its result."""
+        entry = self.spec.entry_for(spec.node, spec.trial)
+        planned = spec.epochs
+        replayed = adjust_records(read_results_csv(entry.csv)[: max(planned, 0)], entry)
+        speeds = epoch_speeds(replayed, entry)
+        for index, record in enumerate(replayed):
+            last = index == len(replayed) - 1
+            on_epoch(
+                EpochEvent(
+                    node=spec.node,
+                    trial=spec.trial,
+                    epochs_planned=planned,
+                    record=record,
+                    images_per_s=speeds[index],
+                    torch_reserved_gb=entry.torch_peak_reserved_gb,
+                    nvml_used_gb=entry.nvml_peak_used_gb,
+                    nan_recoveries=entry.nan_recoveries if last else 0,
+                )
+            )
+        weights, results_csv = write_run_files(spec, entry, replayed)
+        return build_result(spec, entry, replayed, weights=weights, results_csv=results_csv)
+
+
+def adjust_records(records: Sequence[EpochRecord], entry: RunEntry) -> tuple[EpochRecord, ...]:
+    """Apply the entry's ``scale_map`` and ``offset_map50_95`` to every epoch (clipped to 0..1)."""
+    if entry.scale_map is None and entry.offset_map50_95 is None:
+        return tuple(records)
+    scale, offset = entry.scale_map or 1.0, entry.offset_map50_95 or 0.0
+    return tuple(
+        record.model_copy(
+            update={
+                "map50": _clip(record.map50, scale, 0.0),
+                "map50_95": _clip(record.map50_95, scale, offset),
+            }
+        )
+        for record in records
+    )
+
+
+def _clip(value: float | None, scale: float, offset: float) -> float | None:
+    """Scale, shift and clip a metric to 0..1; None stays None."""
+    return None if value is None else min(max(value * scale + offset, 0.0), 1.0)
+
+
+def epoch_speeds(records: Sequence[EpochRecord], entry: RunEntry) -> list[float | None]:
+    """Training images/s of each replayed epoch: the entry's figure, or train_images / epoch seconds."""
+    if entry.images_per_s is not None or entry.train_images is None:
+        return [entry.images_per_s] * len(records)
+    durations = epoch_durations(records)
+    if len(durations) != len(records):
+        return [None] * len(records)
+    return [entry.train_images / d if d > 0 else None for d in durations]
+
+
+def run_speed(records: Sequence[EpochRecord], entry: RunEntry) -> float | None:
+    """The run's images/s as PhaseResult defines it: median over epochs after the first."""
+    if entry.images_per_s is not None:
+        return entry.images_per_s
+    speeds = [s for s in epoch_speeds(records, entry) if s is not None]
+    return median_after_first(speeds)
+
+
+def batch_figures(spec: TrainSpec, entry: RunEntry) -> dict[str, int | None]:
+    """Batch, accumulation and effective batch as Ultralytics computes them (trainer: nbs / batch)."""
+    raw = spec.args.get("batch", DEFAULT_BATCH)
+    requested = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1 else None
+    used = entry.batch_used or requested
+    nbs = spec.effective_batch or _int_or_none(spec.args.get("nbs")) or DEFAULT_NBS
+    accumulate = max(round(nbs / used), 1) if used else None
+    return {
+        "batch_requested": requested,
+        "batch_used": used,
+        "nbs": nbs,
+        "accumulate": accumulate,
+        "effective_batch": used * accumulate if used and accumulate else None,
+    }
+
+
+def _int_or_none(value: object) -> int | None:
+    """An int argument, or None for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def status_of(entry: RunEntry, replayed: Sequence[EpochRecord], planned: int) -> tuple[str, str | None]:
+    """Status and reason of a replayed run: diverged, stopped short, failed (nothing) or completed."""
+    if entry.diverged:
+        return "diverged", DIVERGED_REASON
+    if not replayed:
+        return "failed", f"nothing to replay: {planned} epochs planned"
+    if len(replayed) < planned:
+        return "stopped", f"the record ends after {len(replayed)} of {planned} planned epochs"
+    return "completed", None
+
+
+def build_result(
+    spec: TrainSpec,
+    entry: RunEntry,
+    replayed: Sequence[EpochRecord],
+    *,
+    weights: Path,
+    results_csv: Path,
+) -> PhaseResult:
+    """Assemble the PhaseResult a real run with this curve would have produced."""
+    best = best_epoch(replayed)
+    status, reason = status_of(entry, replayed, spec.epochs)
+    batch = batch_figures(spec, entry)
+    return PhaseResult(
+        node=spec.node,
+        trial=spec.trial,
+        status=status,
+        reason=reason,
+        metrics=_metrics_of(best),
+        history=tuple(replayed),
+        epochs_planned=spec.epochs,
+        epochs_done=len(replayed),
+        nan_recoveries=entry.nan_recoveries,
+        diverged=entry.diverged,
+        **batch,
+        images_per_s=run_speed(replayed, entry),
+        inference_ms=entry.inference_ms,
+        torch_peak_reserved_gb=entry.torch_peak_reserved_gb,
+        nvml_peak_used_gb=entry.nvml_peak_used_gb,
+        gpu_name=entry.gpu_name,
+        wall_s=replayed[-1].time_s if replayed else None,
+        weights=weights,
+        results_csv=results_csv,
+        args={**spec.args, "nbs": batch["nbs"]},
+    )
+
+
+def _metrics_of(best: EpochRecord | None) -> ValMetrics:
+    """The final validation of best.pt: the best epoch's figures."""
+    if best is None:
+        return ValMetrics()
+    return ValMetrics(precision=best.precision, recall=best.recall, map50=best.map50, map50_95=best.map50_95)
+
+
+def write_run_files(spec: TrainSpec, entry: RunEntry, replayed: Sequence[EpochRecord]) -> tuple[Path, Path]:
+    """Write run_dir/results.csv (the replayed rows) and the placeholder run_dir/weights/best.pt."""
+    results_csv = atomic_write_text(spec.run_dir / "results.csv", format_results_csv(replayed))
+    note = (
+        f"REPLAY PLACEHOLDER - not a model.\nnode: {spec.node}\ntrial: {spec.trial}\n"
+        f"replayed record: {entry.csv}\nepochs replayed: {len(replayed)} of {spec.epochs}\n"
+    )
+    weights = atomic_write_text(spec.run_dir / "weights" / "best.pt", note)
+    return weights, results_csv
+
+
+METRIC_COLUMNS = {
+    "precision": "metrics/precision(B)",
+    "recall": "metrics/recall(B)",
+    "map50": "metrics/mAP50(B)",
+    "map50_95": "metrics/mAP50-95(B)",
+}
+
+
+def format_results_csv(records: Sequence[EpochRecord]) -> str:
+    """Records as a results.csv in today's Ultralytics layout (1-based epochs, ``nan`` for missing)."""
+    first = records[0] if records else EpochRecord(epoch=1)
+    train = [k for k in first.losses if k.startswith("train/")]
+    val = [k for k in first.losses if k.startswith("val/")]
+    has_time = any(r.time_s is not None for r in records)
+    header = ["epoch", *(["time"] if has_time else []), *train, *METRIC_COLUMNS.values(), *val, *first.lr]
+    lines = [",".join(header)]
+    for r in records:
+        values = [
+            *([r.time_s] if has_time else []),
+            *(r.losses.get(k) for k in train),
+            *(getattr(r, field) for field in METRIC_COLUMNS),
+            *(r.losses.get(k) for k in val),
+            *(r.lr.get(k) for k in first.lr),
+        ]
+        lines.append(",".join([str(r.epoch), *(_cell(v) for v in values)]))
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None) -> str:
+    """A CSV cell: ``nan`` for a missing value, full precision otherwise."""
+    return "nan" if value is None or not math.isfinite(value) else repr(float(value))

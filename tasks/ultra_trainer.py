@@ -1,0 +1,225 @@
+"""The real trainer: Ultralytics training in a child process, streamed back one epoch at a time.
+
+Why a child process: a flow that is cancelled, interrupted or killed must give the GPU back at
+once, and a CUDA context only dies with its process. The child (``tasks._train_child``) is
+spawned, reports through one queue, and is terminated (SIGTERM, then SIGKILL) whenever the
+parent stops waiting for any reason; if the parent itself is killed, the child notices and exits.
+
+Per-epoch flow: the child sends an ``EpochEvent``; the parent calls ``on_epoch(event)`` and
+answers the child before it starts the next epoch. ``on_epoch`` may raise ``StopTraining``:
+the child then stops after the current epoch, validates best.pt and the run ends with status
+``stopped`` and the given reason. Any other exception from ``on_epoch`` kills the child and
+propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flows.engine.records import median_after_first
+from flows.engine.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
+
+LOG = logging.getLogger(__name__)
+
+POLL_S = 0.5
+"""How often the parent checks that the child is still alive while no message arrives."""
+TERM_GRACE_S = 5.0
+"""Seconds between SIGTERM and SIGKILL when the child has to be ended."""
+DRAIN_S = 2.0
+"""How long to keep reading messages a dead child left in the queue."""
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_epoch`` callback to end training gracefully after the current epoch."""
+
+    def __init__(self, reason: str = "stopped by on_epoch") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UltralyticsTrainer:
+    """Trains a ``TrainSpec`` with Ultralytics in a spawned child process.
+
+    ``device`` is the machine's device (``"0"``, ``"cpu"``...), used when ``spec.args`` has none.
+    ``log`` receives every line of Ultralytics' log output; by default it goes to ``logging``.
+    """
+
+    def __init__(self, device: str | None = None, log: Callable[[str], None] | None = None) -> None:
+        self.device = device
+        self.log = log or LOG.info
+
+    def train(self, spec: TrainSpec, on_epoch: Callable[[EpochEvent], None]) -> PhaseResult:
+        """Run one training to the end and return its result; re-raises after killing the child."""
+        from tasks._train_child import run_training
+
+        context = multiprocessing.get_context("spawn")
+        messages = context.Queue()
+        control = context.Queue()
+        process = context.Process(
+            target=run_training,
+            args=(spec.model_dump_json(), self.device, messages, control),
+            name=f"train-{spec.node}" + (f"-{spec.trial}" if spec.trial is not None else ""),
+        )  # not a daemon: Ultralytics' dataloader workers are processes of their own
+        started = time.time()
+        process.start()
+        try:
+            outcome = self._follow(process, messages, control, on_epoch)
+        except BaseException:
+            terminate(process)
+            raise
+        finally:
+            control.cancel_join_thread()
+            for channel in (messages, control):
+                channel.close()
+        process.join(TERM_GRACE_S)
+        if process.is_alive():
+            terminate(process)
+        return build_result(spec, outcome, exitcode=process.exitcode, wall_s=time.time() - started)
+
+    def _follow(self, process: Any, messages: Any, control: Any, on_epoch: Callable) -> Outcome:
+        """Read the child's messages until it has exited; answer every epoch event."""
+        outcome = Outcome()
+        dead_since: float | None = None
+        while True:
+            try:
+                kind, payload = messages.get(timeout=POLL_S)
+            except queue.Empty:
+                if process.is_alive():
+                    continue
+                dead_since = dead_since or time.monotonic()
+                if outcome.finished or time.monotonic() - dead_since > DRAIN_S:
+                    return outcome
+                continue
+            self._handle(kind, payload, outcome, control, on_epoch)
+
+    def _handle(self, kind: str, payload: Any, outcome: Outcome, control: Any, on_epoch: Callable) -> None:
+        """Dispatch one message of the child."""
+        if kind == "log":
+            self.log(str(payload))
+        elif kind == "epoch":
+            event = EpochEvent.model_validate(payload)
+            outcome.add_epoch(event.record)
+            control.put(self._verdict(event, outcome, on_epoch))
+        elif kind == "result":
+            outcome.payload = payload
+        elif kind == "error":
+            outcome.error = str(payload)
+        else:
+            LOG.warning("ignoring unknown message %r from the training process", kind)
+
+    @staticmethod
+    def _verdict(event: EpochEvent, outcome: Outcome, on_epoch: Callable) -> tuple:
+        """Call ``on_epoch`` and turn a StopTraining into the child's stop order."""
+        if outcome.stop_reason is not None:
+            return ("stop", outcome.stop_reason)
+        try:
+            on_epoch(event)
+        except StopTraining as stop:
+            outcome.stop_reason = stop.reason
+            return ("stop", stop.reason)
+        return ("continue",)
+
+
+class Outcome:
+    """What the parent learned from the child: epochs, the result or the error."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, EpochRecord] = {}
+        self.payload: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.stop_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the child sent its last word."""
+        return self.payload is not None or self.error is not None
+
+    def add_epoch(self, record: EpochRecord) -> None:
+        """Keep the last record of each epoch (a NaN recovery redoes an epoch)."""
+        self.records[record.epoch] = record
+
+    @property
+    def history(self) -> tuple[EpochRecord, ...]:
+        """Epoch records in order."""
+        return tuple(self.records[e] for e in sorted(self.records))
+
+
+def terminate(process: Any, grace_s: float = TERM_GRACE_S) -> None:
+    """End the child: SIGTERM, then SIGKILL if it is still alive after ``grace_s``."""
+    if not process.is_alive():
+        return
+    process.terminate()
+    process.join(grace_s)
+    if process.is_alive():
+        LOG.warning("training process %s ignored SIGTERM; killing it", process.pid)
+        process.kill()
+        process.join(grace_s)
+
+
+def build_result(spec: TrainSpec, outcome: Outcome, *, exitcode: int | None, wall_s: float) -> PhaseResult:
+    """Turn what the child reported into a PhaseResult (failed when it gave no result)."""
+    history = outcome.history
+    base = dict(
+        node=spec.node,
+        trial=spec.trial,
+        history=history,
+        epochs_planned=spec.epochs,
+        epochs_done=len(history),
+        batch_requested=_int_or_none(spec.args.get("batch")),
+        nbs=spec.effective_batch,
+        wall_s=wall_s,
+        args={},
+    )
+    payload = outcome.payload
+    if payload is None:
+        files = _run_files(Path(spec.run_dir))
+        return PhaseResult(**base, **files, status="failed", reason=_failure_reason(outcome, exitcode))
+    status, reason = payload["status"], payload.get("reason")
+    if outcome.stop_reason is not None and status == "completed":
+        status, reason = "stopped", outcome.stop_reason
+    return PhaseResult(
+        **{**base, "nbs": payload.get("nbs"), "args": payload.get("args", {})},
+        **_run_files(Path(payload.get("save_dir") or spec.run_dir)),
+        status=status,
+        reason=reason,
+        metrics=ValMetrics(**payload.get("metrics", {})),
+        nan_recoveries=payload.get("nan_recoveries", 0),
+        diverged=status == "diverged",
+        batch_used=payload.get("batch_used"),
+        accumulate=payload.get("accumulate"),
+        effective_batch=payload.get("effective_batch"),
+        images_per_s=median_after_first(payload.get("images_per_s", [])),
+        inference_ms=payload.get("inference_ms"),
+        torch_peak_reserved_gb=payload.get("torch_peak_reserved_gb"),
+        nvml_peak_used_gb=payload.get("nvml_peak_used_gb"),
+        gpu_name=payload.get("gpu_name"),
+    )
+
+
+def _failure_reason(outcome: Outcome, exitcode: int | None) -> str:
+    """The last line of the child's traceback, or how the child died."""
+    if outcome.error:
+        lines = [line for line in outcome.error.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else "training process raised"
+    return f"training process exited with code {exitcode} without a result"
+
+
+def _run_files(run_dir: Path) -> dict[str, Path | None]:
+    """Weights (best.pt, else last.pt) and results.csv that exist in the run folder."""
+    candidates = (run_dir / "weights" / name for name in ("best.pt", "last.pt"))
+    weights = next((path for path in candidates if path.is_file()), None)
+    csv = run_dir / "results.csv"
+    return {"weights": weights, "results_csv": csv if csv.is_file() else None}
+
+
+def _int_or_none(value: object) -> int | None:
+    """The requested batch as an int; None for auto-batch fractions or when absent."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+        return None
+    return int(value)

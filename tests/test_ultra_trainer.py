@@ -1,0 +1,297 @@
+"""UltralyticsTrainer: real tiny trainings in a child process, and the result bookkeeping around them.
+
+The training tests use the real golfball_small data set (120 train / 36 val images) at imgsz 64 on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.engine.results import EpochEvent, TrainSpec
+from tasks import _train_child
+from tasks.ultra_trainer import Outcome, StopTraining, UltralyticsTrainer, build_result, terminate
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+GOLFBALL = SHARED / "datasets" / "golfball_small" / "data.yaml"
+P2_MODEL = Path(__file__).resolve().parents[1] / "fod_models" / "yolo11n-p2.yaml"
+P2_UNSCALED = P2_MODEL.with_name("yolo11-p2.yaml")
+
+needs_golfball = pytest.mark.skipif(not GOLFBALL.is_file(), reason=f"shared data set absent: {GOLFBALL}")
+
+TINY_ARGS = dict(imgsz=64, epochs=2, batch=8, workers=0, device="cpu", plots=False)
+
+
+def tiny_spec(run_dir: Path, model: Path = Path("yolo11n.yaml"), **changes: object) -> TrainSpec:
+    """A 2-epoch CPU run of a nano model; ``yolo11n.yaml`` resolves inside Ultralytics' own cfg."""
+    args = {**TINY_ARGS, **changes.pop("args", {})}  # type: ignore[dict-item]
+    fields: dict = dict(
+        plan="test",
+        node="phase1",
+        model=model,
+        data=GOLFBALL,
+        args=args,
+        effective_batch=16,
+        grad_clip_norm=5.0,
+        run_dir=run_dir,
+    )
+    return TrainSpec(**{**fields, **changes})
+
+
+def assert_metric(value: float | None) -> None:
+    assert value is None or (isinstance(value, float) and 0.0 <= value <= 1.0), value
+
+
+def assert_trained(result, events: list[EpochEvent], run_dir: Path, epochs: int) -> None:
+    """The checks every successful real training must pass."""
+    assert result.status == "completed", result.reason
+    assert [e.record.epoch for e in events] == list(range(1, epochs + 1))
+    assert all(e.epochs_planned == epochs and e.node == "phase1" for e in events)
+    assert result.epochs_done == result.epochs_planned == epochs
+    assert result.completed
+    assert (result.accumulate, result.effective_batch, result.nbs) == (2, 16, 16)
+    assert (result.batch_requested, result.batch_used) == (8, 8)
+    for name in ("precision", "recall", "map50", "map50_95"):
+        assert_metric(getattr(result.metrics, name))
+        for record in result.history:
+            assert_metric(getattr(record, name))
+    assert result.weights is not None and result.weights.is_file()
+    assert result.weights.resolve().is_relative_to(run_dir.resolve())
+    assert result.weights.name == "best.pt"
+    assert result.results_csv is not None
+    assert result.results_csv.resolve() == (run_dir / "results.csv").resolve()
+    assert len(result.history) == epochs
+    assert result.history == tuple(e.record for e in events)
+
+
+@needs_golfball
+def test_real_training_two_epochs_on_cpu(tmp_path: Path) -> None:
+    """The default suite's proof that training works end to end (about 30 s on 2 cores)."""
+    run_dir = tmp_path / "runs" / "phase1"
+    events: list[EpochEvent] = []
+    logs: list[str] = []
+    result = UltralyticsTrainer(log=logs.append).train(tiny_spec(run_dir), events.append)
+
+    assert_trained(result, events, run_dir, epochs=2)
+    assert result.args["grad_clip_norm"] == 5.0, "the trainer subclass clipped with the phase's norm"
+    assert result.args["nbs"] == 16
+    assert result.args["project"] == str(run_dir.resolve().parent)
+    assert result.nan_recoveries == 0
+    assert not result.diverged
+    assert result.images_per_s is not None and result.images_per_s > 0
+    assert all(e.images_per_s and e.images_per_s > 0 for e in events)
+    assert result.images_per_s == events[1].images_per_s, "median over epochs after the first"
+    assert result.inference_ms is not None and result.inference_ms > 0
+    assert result.torch_peak_reserved_gb is None and result.nvml_peak_used_gb is None, "CPU run"
+    assert result.wall_s is not None and result.wall_s > 0
+    assert events[0].record.time_s is not None and events[1].record.time_s > events[0].record.time_s
+    assert "train/box_loss" in events[0].record.losses and "lr/pg0" in events[0].record.lr
+    assert any("Starting training for 2 epochs" in line for line in logs), "Ultralytics' log is forwarded"
+    assert not any("\x1b[" in line for line in logs), "colour codes are stripped"
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.slow
+@needs_golfball
+@pytest.mark.skipif(not P2_UNSCALED.is_file(), reason=f"project P2 model absent: {P2_UNSCALED}")
+def test_real_training_with_the_project_p2_model(tmp_path: Path) -> None:
+    run_dir = tmp_path / "p2"
+    events: list[EpochEvent] = []
+    result = UltralyticsTrainer().train(tiny_spec(run_dir, model=P2_MODEL), events.append)
+    assert_trained(result, events, run_dir, epochs=2)
+
+
+@pytest.mark.slow
+@needs_golfball
+def test_stop_training_from_on_epoch_stops_after_the_first_epoch(tmp_path: Path) -> None:
+    run_dir = tmp_path / "stopped"
+    events: list[EpochEvent] = []
+
+    def stop_at_once(event: EpochEvent) -> None:
+        events.append(event)
+        raise StopTraining("mAP plateau (test)")
+
+    spec = tiny_spec(run_dir, args={"epochs": 3})
+    result = UltralyticsTrainer().train(spec, stop_at_once)
+
+    assert result.status == "stopped"
+    assert result.reason == "mAP plateau (test)"
+    assert [e.record.epoch for e in events] == [1]
+    assert (result.epochs_done, result.epochs_planned) == (1, 3)
+    assert not result.completed
+    assert result.weights is not None and result.weights.name == "best.pt"
+    assert result.inference_ms is not None, "best.pt was still validated"
+    assert_metric(result.metrics.map50_95)
+
+
+@pytest.mark.slow
+@needs_golfball
+def test_child_killed_mid_run_gives_failed(tmp_path: Path) -> None:
+    def kill_child(event: EpochEvent) -> None:
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+
+    result = UltralyticsTrainer().train(tiny_spec(tmp_path / "killed"), kill_child)
+
+    assert result.status == "failed"
+    assert f"code {-signal.SIGKILL}" in (result.reason or "")
+    assert result.epochs_done == 1, "the epoch reported before the kill is kept"
+    assert result.weights is not None, "last.pt/best.pt of epoch 1 is kept for a resume"
+
+
+@pytest.mark.slow
+@needs_golfball
+def test_exception_in_on_epoch_kills_the_child_and_propagates(tmp_path: Path) -> None:
+    def explode(event: EpochEvent) -> None:
+        raise RuntimeError("monitor crashed")
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="monitor crashed"):
+        UltralyticsTrainer().train(tiny_spec(tmp_path / "boom"), explode)
+    assert multiprocessing.active_children() == []
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_exception_in_the_child_gives_failed_with_the_last_traceback_line(tmp_path: Path) -> None:
+    """A data set that does not exist fails inside the child, before any training."""
+    spec = tiny_spec(tmp_path / "bad", data=tmp_path / "missing.yaml")
+    result = UltralyticsTrainer().train(spec, lambda event: None)
+    assert result.status == "failed"
+    assert "missing.yaml" in (result.reason or "")
+    assert "\n" not in (result.reason or "")
+    assert result.epochs_done == 0
+    assert result.weights is None
+
+
+# ----------------------------------------------------------------------------- bookkeeping without training
+
+
+def payload(**changes: object) -> dict:
+    """A child result as ``_train_child.result_payload`` builds it."""
+    base: dict = dict(
+        status="completed",
+        reason=None,
+        stop_reason=None,
+        save_dir=None,
+        epochs_planned=2,
+        epochs_done=2,
+        metrics=dict(precision=0.5, recall=0.4, map50=0.3, map50_95=0.2),
+        final_validated=True,
+        inference_ms=3.0,
+        nan_recoveries=0,
+        batch_used=8,
+        accumulate=2,
+        effective_batch=16,
+        nbs=16,
+        images_per_s=[10.0, 30.0, 20.0],
+        torch_peak_reserved_gb=5.5,
+        nvml_peak_used_gb=6.25,
+        gpu_name="NVIDIA H100",
+        args={"batch": 8, "nbs": 16},
+    )
+    return {**base, **changes}
+
+
+def test_build_result_reads_final_metrics_and_medians(tmp_path: Path) -> None:
+    outcome = Outcome()
+    outcome.payload = payload(save_dir=str(tmp_path))
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "last.pt").write_bytes(b"x")
+    result = build_result(tiny_spec(tmp_path), outcome, exitcode=0, wall_s=12.0)
+    assert result.status == "completed"
+    assert result.metrics.get("map50_95") == 0.2
+    assert result.images_per_s == 25.0, "median of epochs after the first"
+    assert result.weights == tmp_path / "weights" / "last.pt", "last.pt when there is no best.pt"
+    assert result.results_csv is None
+    assert (result.torch_peak_reserved_gb, result.nvml_peak_used_gb) == (5.5, 6.25)
+    assert result.gpu_name == "NVIDIA H100"
+
+
+def test_build_result_diverged_and_batch_reduction(tmp_path: Path) -> None:
+    outcome = Outcome()
+    outcome.payload = payload(
+        status="diverged",
+        reason="Training failed: NaN persisted for 4 epochs",
+        metrics={},
+        nan_recoveries=3,
+        batch_used=4,
+        accumulate=4,
+        effective_batch=16,
+    )
+    result = build_result(tiny_spec(tmp_path), outcome, exitcode=0, wall_s=1.0)
+    assert result.status == "diverged" and result.diverged
+    assert "NaN persisted" in (result.reason or "")
+    assert result.nan_recoveries == 3
+    assert (result.batch_requested, result.batch_used) == (8, 4), "batch halved after an OOM"
+    assert (result.accumulate, result.effective_batch) == (4, 16), "effective batch kept"
+    assert result.metrics.map50_95 is None
+
+
+def test_build_result_without_a_result_is_failed_with_the_exit_code(tmp_path: Path) -> None:
+    result = build_result(tiny_spec(tmp_path), Outcome(), exitcode=-11, wall_s=1.0)
+    assert result.status == "failed"
+    assert result.reason == "training process exited with code -11 without a result"
+
+    outcome = Outcome()
+    outcome.error = 'Traceback (most recent call last):\n  File "x.py"\nValueError: bad data\n'
+    result = build_result(tiny_spec(tmp_path), outcome, exitcode=0, wall_s=1.0)
+    assert (result.status, result.reason) == ("failed", "ValueError: bad data")
+
+
+def test_build_result_stop_request_wins_over_completed(tmp_path: Path) -> None:
+    outcome = Outcome()
+    outcome.payload = payload(epochs_done=1)
+    outcome.stop_reason = "plateau"
+    result = build_result(tiny_spec(tmp_path), outcome, exitcode=0, wall_s=1.0)
+    assert (result.status, result.reason) == ("stopped", "plateau")
+
+
+def test_train_args_land_in_run_dir_and_translate_effective_batch(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = tiny_spec(Path("rel") / "run", args={"device": None})
+    args = _train_child.train_args(spec.model_copy(update={"args": {"epochs": 1}}), device="0")
+    assert args["project"] == str(tmp_path / "rel") and args["name"] == "run" and args["exist_ok"] is True
+    assert args["nbs"] == 16
+    assert args["device"] == "0", "the machine's device fills in when the spec has none"
+    cpu = _train_child.train_args(tiny_spec(tmp_path / "r"), device="0")
+    assert cpu["device"] == "cpu", "a spec's own device is kept"
+
+
+@pytest.mark.parametrize(
+    ("device", "index"),
+    [("cpu", None), ("mps", None), ("0,1", None), ("0", 0), ("cuda:1", 1), (None, 0), ("", 0)],
+)
+def test_nvml_index_follows_the_device(device: str | None, index: int | None) -> None:
+    assert _train_child.nvml_index(device) == index
+
+
+def test_finite_and_box_metrics() -> None:
+    assert _train_child.finite("0.5") == 0.5
+    assert _train_child.finite(math.nan) is None
+    assert _train_child.finite(None) is None
+    metrics = {"metrics/mAP50-95(B)": 0.25, "fitness": 0.9, "metrics/mAP50(B)": math.inf}
+    assert _train_child.box_metrics(metrics) == dict(precision=None, recall=None, map50=None, map50_95=0.25)
+
+
+def _ignore_sigterm_and_sleep(ready) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    time.sleep(60)
+
+
+def test_terminate_kills_a_child_that_ignores_sigterm() -> None:
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    process = context.Process(target=_ignore_sigterm_and_sleep, args=(ready,))
+    process.start()
+    assert ready.wait(30), "child did not start"
+    terminate(process, grace_s=0.5)
+    assert not process.is_alive()
+    assert process.exitcode == -signal.SIGKILL
