@@ -51,8 +51,8 @@ def resolve_model(name_or_path: str | Path, base_dir: Path | None = None) -> Pat
     the returned path is the *scaled* file name next to the unscaled file: Ultralytics strips the scale letter
     itself and reads the scale from the name, so the scaled file never needs to exist.
 
-    Relative paths are looked up in ``base_dir`` (default: the current directory, then the repository root);
-    a bare file name is also looked up in ``MODEL_DIR``.
+    Relative paths are looked up in ``base_dir`` (e.g. the plan's folder), then the current directory, then
+    the repository root; a bare file name is also looked up in ``MODEL_DIR``.
 
     Raises:
         ModelSpecError: no such checkpoint, no unscaled YAML for a scaled name, or a scale not in n/s/m/l/x.
@@ -74,7 +74,8 @@ def _candidate_dirs(spec: Path, base_dir: Path | None) -> list[Path]:
     """Directories a relative spec may be relative to, in lookup order."""
     if spec.is_absolute():
         return [Path("/")]
-    dirs = [Path(base_dir)] if base_dir is not None else [Path.cwd(), MODEL_DIR.parent]
+    dirs = [Path(base_dir)] if base_dir is not None else []
+    dirs += [d for d in (Path.cwd(), MODEL_DIR.parent) if d not in dirs]
     if spec.parent == Path("."):
         dirs.append(MODEL_DIR)
     return dirs
@@ -218,15 +219,29 @@ def _nearest_multiples(imgsz: float, multiple: int) -> tuple[int, int]:
 
 
 def _load_yaml(path: str | Path) -> dict[str, Any]:
-    """Load a model YAML, accepting scaled names (``yolo11m-p2.yaml``) through ``resolve_model``."""
+    """The model's layer dict: from its YAML (scaled names accepted) or from a local ``.pt`` checkpoint."""
     resolved = resolve_model(path)
-    if resolved.suffix.lower() not in _YAML_SUFFIXES:
-        raise ModelSpecError(f"model {str(path)!r}: strides are read from a YAML file, not {resolved.suffix}")
+    if resolved.suffix.lower() == ".pt":
+        return _checkpoint_yaml(resolved, path)
     file = resolved if resolved.is_file() else Path(_ULTRALYTICS_UNIFY_RE.sub(r"\1\3", str(resolved)))
     with file.open(encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
     if not isinstance(data, dict):
         raise ModelSpecError(f"model {str(path)!r}: {file} is not a YAML mapping")
+    return data
+
+
+def _checkpoint_yaml(checkpoint: Path, original: str | Path) -> dict[str, Any]:
+    """The layer dict an Ultralytics checkpoint carries (``model.yaml``); needs torch, so imported here."""
+    from ultralytics.nn.tasks import torch_safe_load
+
+    ckpt, _ = torch_safe_load(str(checkpoint))
+    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    data = getattr(model, "yaml", None)
+    if not isinstance(data, dict):
+        raise ModelSpecError(
+            f"model {str(original)!r}: {checkpoint} holds no Ultralytics model with a layer dict"
+        )
     return data
 
 

@@ -298,8 +298,13 @@ def train_args(spec: Any, device: str | None) -> dict[str, Any]:
     """The keyword arguments given to ``YOLO.train``; they land in ``spec.run_dir`` exactly."""
     run_dir = Path(spec.run_dir).resolve()  # a relative project would go under Ultralytics' runs_dir
     args: dict[str, Any] = dict(spec.args)
-    if device is not None:
-        args.setdefault("device", device)
+    if device is not None and args.get("device") in (None, ""):
+        args["device"] = device
+    if "," in str(args.get("device") or ""):
+        raise ValueError(
+            f"device={args['device']!r}: multi-GPU (DDP) training re-imports the trainer class in new "
+            "processes and cannot use this run's trainer subclass; train on one GPU"
+        )
     args.update(data=str(spec.data), project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
     if spec.effective_batch:
         args["nbs"] = int(spec.effective_batch)
@@ -325,22 +330,22 @@ def train(spec: Any, device: str | None, channel: Channel) -> dict[str, Any]:
     args = train_args(spec, device)
     index = nvml_index(args.get("device"))
     sampler = PeakSampler(VramProbe(index)).start() if index is not None else None
-    cuda = _cuda_device(args.get("device"))
-    session = Session(spec, channel, sampler, cuda)
-    model = YOLO(str(spec.model))
-    if spec.pretrained:
-        model.load(str(spec.pretrained))
+    session = Session(spec, channel, sampler, _cuda_device(args.get("device")))
     status, reason = "completed", None
+    model = None
     try:
+        model = YOLO(str(spec.model))
+        if spec.pretrained:
+            model.load(str(spec.pretrained))  # transfers the layers whose names and shapes match
         model.train(trainer=make_trainer_class(session), **args)
     except RuntimeError:
-        trainer = model.trainer
+        trainer = model.trainer if model is not None else None
         if trainer is None or not getattr(trainer, "diverged_reason", None):
             raise
         status, reason = "diverged", str(trainer.diverged_reason)
     finally:
         peak = sampler.stop() if sampler is not None else None
-    return result_payload(model.trainer, session, args, status, reason, peak)
+    return result_payload(model.trainer, session, args, status, reason, peak)  # type: ignore[union-attr]
 
 
 def _cuda_device(device: object) -> bool:

@@ -14,11 +14,13 @@ propagates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,8 @@ class UltralyticsTrainer:
             name=f"train-{spec.node}" + (f"-{spec.trial}" if spec.trial is not None else ""),
         )  # not a daemon: Ultralytics' dataloader workers are processes of their own
         started = time.time()
-        process.start()
+        with offline_environment():
+            process.start()
         try:
             outcome = self._follow(process, messages, control, on_epoch)
         except BaseException:
@@ -148,6 +151,24 @@ class Outcome:
     def history(self) -> tuple[EpochRecord, ...]:
         """Epoch records in order."""
         return tuple(self.records[e] for e in sorted(self.records))
+
+
+@contextlib.contextmanager
+def offline_environment() -> Iterator[None]:
+    """Spawn with ``YOLO_OFFLINE=1`` in the environment the child starts with.
+
+    The child sets it again first thing, but a spawned child re-imports the parent's main module
+    before its target runs; if that module imports Ultralytics, the variable must already be there.
+    """
+    previous = os.environ.get("YOLO_OFFLINE")
+    os.environ["YOLO_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("YOLO_OFFLINE", None)
+        else:
+            os.environ["YOLO_OFFLINE"] = previous
 
 
 def terminate(process: Any, grace_s: float = TERM_GRACE_S) -> None:

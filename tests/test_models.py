@@ -165,6 +165,23 @@ def test_check_imgsz_for_the_lite_model():
     assert "detection stride is 16" in problem
 
 
+def test_check_imgsz_for_training_applies_the_trainers_32_floor(tmp_path):
+    """A network that only downsamples by 16 takes 48 for inference, but Ultralytics' trainer rounds to 32."""
+    yaml_text = (
+        "nc: 1\nbackbone:\n"
+        "  - [-1, 1, Conv, [16, 3, 2]]\n  - [-1, 1, Conv, [32, 3, 2]]\n"
+        "  - [-1, 1, Conv, [64, 3, 2]]\n  - [-1, 1, Conv, [64, 3, 2]]\n"
+        "head:\n  - [[2, 3], 1, Detect, [nc]]\n"
+    )
+    shallow = tmp_path / "shallow.yaml"
+    shallow.write_text(yaml_text)
+    assert declared_strides(shallow) == (8, 16)
+    assert check_imgsz(48, shallow) is None
+    problem = check_imgsz(48, shallow, for_training=True)
+    assert problem is not None
+    assert "32 and 64" in problem
+
+
 def test_lite_model_really_fails_at_a_multiple_of_16_that_is_not_of_32(built):
     """Why check_imgsz rejects 48 for the lite model: backbone P5 (2x2) upsampled to 4x4 != P4 (3x3)."""
     import torch
@@ -258,6 +275,22 @@ def test_ultralytics_accepts_resolved_paths_from_anywhere(monkeypatch, tmp_path)
     yolo = YOLO(resolve_model("yolo11n-p2-lite.yaml"))
     assert yolo.model.yaml["scale"] == "n"
     assert tuple(int(s) for s in yolo.model.stride.tolist()) == LITE_STRIDES
+
+
+def test_strides_and_imgsz_checks_read_a_local_checkpoint(tmp_path, built):
+    import torch
+
+    ckpt = tmp_path / "lite.pt"
+    torch.save({"model": get_model(built, "yolo11n-p2-lite.yaml")}, ckpt)
+    assert resolve_model(ckpt) == ckpt
+    assert declared_strides(ckpt) == LITE_STRIDES
+    assert check_imgsz(640, ckpt) is None
+    assert check_imgsz(48, ckpt) is not None
+
+
+def test_resolve_model_looks_in_base_dir_then_the_repo(tmp_path):
+    """A plan in configs/ may name fod_models/... relative to the repository root."""
+    assert resolve_model("fod_models/yolo11m-p2.yaml", base_dir=tmp_path) == MODEL_DIR / "yolo11m-p2.yaml"
 
 
 def test_pretrained_yolo11_weights_transfer_into_p2(tmp_path):

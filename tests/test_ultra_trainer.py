@@ -97,6 +97,23 @@ def test_real_training_two_epochs_on_cpu(tmp_path: Path) -> None:
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.gpu
+@needs_golfball
+def test_real_training_on_cuda_records_both_memory_figures(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    run_dir = tmp_path / "cuda"
+    events: list[EpochEvent] = []
+    spec = tiny_spec(run_dir, args={"device": "0", "workers": 2})
+    result = UltralyticsTrainer().train(spec, events.append)
+    assert_trained(result, events, run_dir, epochs=2)
+    assert result.torch_peak_reserved_gb is not None and result.torch_peak_reserved_gb > 0
+    assert result.nvml_peak_used_gb is not None and result.nvml_peak_used_gb > 0, "NVML device figure"
+    assert result.gpu_name
+    assert all(e.torch_reserved_gb is not None and e.nvml_used_gb is not None for e in events)
+
+
 @pytest.mark.slow
 @needs_golfball
 @pytest.mark.skipif(not P2_UNSCALED.is_file(), reason=f"project P2 model absent: {P2_UNSCALED}")
@@ -156,6 +173,51 @@ def test_exception_in_on_epoch_kills_the_child_and_propagates(tmp_path: Path) ->
         UltralyticsTrainer().train(tiny_spec(tmp_path / "boom"), explode)
     assert multiprocessing.active_children() == []
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def _train_and_block(run_dir: Path, pid_file: Path) -> None:
+    """A flow process: trains, and at the first epoch records its child's pid and hangs."""
+
+    def block(event: EpochEvent) -> None:
+        pid_file.write_text(" ".join(str(p.pid) for p in multiprocessing.active_children()))
+        time.sleep(600)
+
+    UltralyticsTrainer().train(tiny_spec(run_dir), block)
+
+
+def _alive(pid: int) -> bool:
+    """True while a process exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in {"Z", "X"}
+
+
+@pytest.mark.slow
+@needs_golfball
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to watch processes")
+def test_killing_the_parent_ends_the_training_child(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    context = multiprocessing.get_context("spawn")
+    flow = context.Process(target=_train_and_block, args=(tmp_path / "orphan", pid_file))
+    flow.start()
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() and time.monotonic() < deadline and flow.is_alive():
+        time.sleep(0.2)
+    assert pid_file.exists(), "the training never reached its first epoch"
+    child = int(pid_file.read_text().split()[0])
+    assert _alive(child)
+    flow.kill()
+    flow.join(10)
+    deadline = time.monotonic() + 15
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survived = _alive(child)
+    if survived:
+        os.kill(child, signal.SIGKILL)  # never leave an orphan behind a failing test
+    assert not survived, "the orphaned training process must exit and free the GPU"
 
 
 @pytest.mark.slow
@@ -262,6 +324,9 @@ def test_train_args_land_in_run_dir_and_translate_effective_batch(tmp_path: Path
     assert args["device"] == "0", "the machine's device fills in when the spec has none"
     cpu = _train_child.train_args(tiny_spec(tmp_path / "r"), device="0")
     assert cpu["device"] == "cpu", "a spec's own device is kept"
+    assert _train_child.train_args(spec, device="0")["device"] == "0", "an explicit None is filled in too"
+    with pytest.raises(ValueError, match="multi-GPU"):
+        _train_child.train_args(spec, device="0,1")
 
 
 @pytest.mark.parametrize(

@@ -46,19 +46,26 @@ def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+NODE_TAGS = {"train", "search", "gate", "deploy", "keep_baseline"}
+CONDITION_TAGS = {"metric", "speedup", "vram", "no_divergence", "completed"}
+
+
+def is_union_tag(loc: tuple[Any, ...], i: int) -> bool:
+    """True when ``loc[i]`` is the discriminator tag pydantic inserts for a node or condition union."""
+    item = loc[i]
+    after_node_name = i == 2 and loc[0] == "nodes" and item in NODE_TAGS
+    after_index = i > 0 and isinstance(loc[i - 1], int) and item in CONDITION_TAGS
+    return after_node_name or after_index
+
+
 def format_loc(loc: tuple[Any, ...]) -> str:
     """Turn a pydantic error location into a dotted key path, dropping union tags."""
     parts: list[str] = []
-    for item in loc:
+    for i, item in enumerate(loc):
+        if is_union_tag(loc, i):
+            continue
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif (
-            item in {"train", "search", "gate", "deploy", "keep_baseline", "metric", "speedup", "vram"}
-            and parts
-        ):
-            continue  # discriminator tag pydantic inserts into the path
-        elif item in {"no_divergence", "completed"} and parts and parts[-1].startswith("["):
-            continue
         else:
             parts.append(f".{item}" if parts else str(item))
     return "".join(parts)

@@ -164,6 +164,21 @@ def check_sanity(plan: Plan, source: str) -> list[Problem]:
     return problems
 
 
+def check_designs(plan: Plan, source: str) -> list[Problem]:
+    """Each search's design must be able to choose its trials (a grid within max_trials, a fitting array)."""
+    from flows.engine.sampling import SamplingError, sample_trials
+
+    problems = []
+    for name, node in plan.nodes.items():
+        if isinstance(node, SearchNode):
+            d = node.design
+            try:
+                sample_trials(node.space, d.method, d.max_trials, seed=d.seed, n_trials=d.n_trials)
+            except SamplingError as exc:
+                problems.append(Problem(source, f"nodes.{name}.design", str(exc)))
+    return problems
+
+
 def check_terminals(plan: Plan, source: str) -> list[Problem]:
     """At least one terminal exists (with no cycles and valid targets, every path then ends in one)."""
     if any(node.kind in TERMINAL_KINDS for node in plan.nodes.values()):
@@ -174,7 +189,7 @@ def check_terminals(plan: Plan, source: str) -> list[Problem]:
 def check_plan(plan: Plan, source: str) -> list[Problem]:
     """Every structural problem and sanity warning of a schema-valid plan."""
     problems = check_targets(plan, source) + check_terminals(plan, source)
-    problems += check_shape(plan, source)
+    problems += check_shape(plan, source) + check_designs(plan, source)
     if not problems:
         problems += check_order(plan, source)
     return problems + check_sanity(plan, source)

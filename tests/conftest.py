@@ -1,0 +1,63 @@
+"""Shared fixtures: paths, a plan factory, and one Prefect test server for the session."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+GOLFBALL = SHARED / "datasets" / "golfball_small" / "data.yaml"
+SHIPPED_PLAN = ROOT / "configs" / "fod_plan.yaml"
+REPLAYS = ROOT / "tests" / "replays"
+
+needs_shared = pytest.mark.skipif(not GOLFBALL.is_file(), reason=f"../shared datasets not found at {SHARED}")
+
+
+@pytest.fixture(scope="session")
+def shipped_plan_doc() -> dict[str, Any]:
+    """The shipped plan as a plain document."""
+    return yaml.safe_load(SHIPPED_PLAN.read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def write_plan(tmp_path: Path, shipped_plan_doc: dict[str, Any]) -> Callable[..., Path]:
+    """Write a variant of the shipped plan: ``write_plan(lambda doc: ...)`` mutates a copy."""
+
+    def make(mutate: Callable[[dict[str, Any]], object] | None = None, name: str = "plan.yaml") -> Path:
+        doc = copy.deepcopy(shipped_plan_doc)
+        if mutate is not None:
+            mutate(doc)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One real (ephemeral, SQLite) Prefect server for every flow test of the session."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
+        with prefect_test_harness(server_startup_timeout=180):
+            yield
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One generated demo dataset (small) for the session."""
+    from flows.demo_data import generate_demo_dataset
+
+    return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "data", n_train=16, n_val=8, image_size=160)
