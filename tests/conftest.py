@@ -60,4 +60,6 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One generated demo dataset (small) for the session."""
     from flows.demo_data import generate_demo_dataset
 
-    return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "data", n_train=16, n_val=8, image_size=160)
+    return generate_demo_dataset(
+        tmp_path_factory.mktemp("demo") / "data", n_train=16, n_val=8, image_size=160
+    )

@@ -16,8 +16,14 @@ pytestmark = [needs_shared, pytest.mark.usefixtures("prefect_server")]
 EXPECTED = {
     "deploy_phase1": ("deploy_phase1", ["phase1", "gate1", "deploy_phase1"]),
     "deploy_phase2": ("deploy_phase2", ["phase1", "gate1", "phase2", "gate2", "deploy_phase2"]),
-    "deploy_phase3": ("deploy_phase3", ["phase1", "gate1", "phase2", "gate2", "phase3", "gate3", "deploy_phase3"]),
-    "keep_baseline": ("keep_baseline", ["phase1", "gate1", "phase2", "gate2", "phase3", "gate3", "keep_baseline"]),
+    "deploy_phase3": (
+        "deploy_phase3",
+        ["phase1", "gate1", "phase2", "gate2", "phase3", "gate3", "deploy_phase3"],
+    ),
+    "keep_baseline": (
+        "keep_baseline",
+        ["phase1", "gate1", "phase2", "gate2", "phase3", "gate3", "keep_baseline"],
+    ),
 }
 
 
@@ -25,7 +31,9 @@ def run_replay(spec: str, data: Path, runs: Path) -> Decision:
     """One flow run replaying the named SPEC."""
     from flows.fod_flow import optimize
 
-    return optimize(OptimizeRequest(plan=SHIPPED_PLAN, data=data, runs_dir=runs, replay=REPLAYS / f"{spec}.yaml"))
+    return optimize(
+        OptimizeRequest(plan=SHIPPED_PLAN, data=data, runs_dir=runs, replay=REPLAYS / f"{spec}.yaml")
+    )
 
 
 @pytest.mark.parametrize("spec", sorted(EXPECTED))

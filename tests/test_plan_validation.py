@@ -70,7 +70,9 @@ BAD_PLANS: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("mutate", "where", "text"), [c[1:] for c in BAD_PLANS], ids=[c[0] for c in BAD_PLANS])
+@pytest.mark.parametrize(
+    ("mutate", "where", "text"), [c[1:] for c in BAD_PLANS], ids=[c[0] for c in BAD_PLANS]
+)
 def test_bad_plan_is_refused_with_a_clear_line(write_plan, demo_data, mutate, where, text):
     """Each bad plan yields an error line naming the file, the key path and the fix."""
     plan = write_plan(mutate)
@@ -92,7 +94,11 @@ def test_every_problem_is_reported_at_once(write_plan, demo_data):
 
     _, _, problems = collect_problems(OptimizeRequest(plan=write_plan(three), data=demo_data))
     wheres = {p.where for p in errors_of(problems)}
-    assert {"nodes.phase1.args.lr_0", "nodes.phase2.args.accumulate", "nodes.phase3.space.copy_paste"} <= wheres
+    assert {
+        "nodes.phase1.args.lr_0",
+        "nodes.phase2.args.accumulate",
+        "nodes.phase3.space.copy_paste",
+    } <= wheres
 
 
 def test_shipped_plan_is_valid_and_warns_about_low_deploy_gates(demo_data):
@@ -115,7 +121,12 @@ def test_erratum_settings_resolve_as_the_plan_means(demo_data):
     """Phase 1: batch 6 to an effective 18, SGD lr0 0.011; Phase 2 inherits Phase 1's losses; trials 20 epochs."""
     cfg = prepare(OptimizeRequest(plan=SHIPPED_PLAN, data=demo_data))
     p1, p2 = cfg.args_for("phase1"), cfg.args_for("phase2")
-    assert (p1["batch"], cfg.effective_batch_of("phase1"), p1["lr0"], p1["optimizer"]) == (6, 18, 0.011, "SGD")
+    assert (p1["batch"], cfg.effective_batch_of("phase1"), p1["lr0"], p1["optimizer"]) == (
+        6,
+        18,
+        0.011,
+        "SGD",
+    )
     assert (p1["box"], p1["dfl"], p1["scale"], p1["translate"], p1["epochs"]) == (10.0, 2.0, 0.7, 0.15, 100)
     assert (p2["batch"], cfg.effective_batch_of("phase2"), p2["lr0"], p2["box"]) == (8, 16, 0.01, 10.0)
     assert cfg.model_of("phase2").name == "yolo11m-p2-lite.yaml"

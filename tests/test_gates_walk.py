@@ -1,0 +1,182 @@
+"""Gates and the tree walk as plain Python: no Prefect, no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import REPLAYS, SHIPPED_PLAN, needs_shared
+
+from flows.engine.config import OptimizeRequest, prepare
+from flows.engine.gates import evaluate_gate, shortfalls, speedup_of
+from flows.engine.monitors import check_monitors
+from flows.engine.results import EpochEvent, EpochRecord, GateResult, PhaseResult, TrainSpec, ValMetrics
+from flows.engine.schema import GateNode, Monitor
+from flows.engine.tree import always_before, find_cycle, paths
+from flows.engine.walk import pick_best, walk_tree
+
+
+def result(node: str = "p", **kw) -> PhaseResult:
+    """A PhaseResult with sensible completed defaults."""
+    base = {"epochs_planned": 10, "epochs_done": 10, "images_per_s": 100.0}
+    base.update(kw)
+    return PhaseResult(node=node, **base)
+
+
+def gate(*conditions: dict, on_unknown: str = "fail") -> GateNode:
+    return GateNode.model_validate(
+        {
+            "kind": "gate",
+            "subject": "p",
+            "conditions": list(conditions),
+            "on_unknown": on_unknown,
+            "on_pass": "yes",
+            "on_fail": "no",
+        }
+    )
+
+
+MAP = {"check": "metric", "metric": "map50_95", "min": 0.915}
+
+
+def test_metric_gate_passes_at_threshold_and_fails_below():
+    g = gate(MAP)
+    assert evaluate_gate("g", g, result(metrics=ValMetrics(map50_95=0.915)), {}).next == "yes"
+    failed = evaluate_gate("g", g, result(metrics=ValMetrics(map50_95=0.9149)), {})
+    assert failed.outcome == "fail" and failed.next == "no"
+    assert failed.rows[0].observed == "0.9149" and failed.rows[0].threshold == "≥ 0.9150"
+
+
+def test_missing_metric_is_unknown_and_policy_decides():
+    subject = result(metrics=ValMetrics(map50_95=None))
+    assert evaluate_gate("g", gate(MAP), subject, {}).rows[0].verdict == "unknown"
+    assert evaluate_gate("g", gate(MAP), subject, {}).outcome == "fail"
+    assert evaluate_gate("g", gate(MAP, on_unknown="pass"), subject, {}).outcome == "pass"
+
+
+def test_vram_unknown_without_gpu_uses_condition_policy():
+    vram = {"check": "vram", "max_gb": 20, "figure": "nvml_peak", "on_unknown": "pass"}
+    row = evaluate_gate("g", gate(vram), result(), {}).rows[0]
+    assert (row.verdict, row.passed) == ("unknown", True)
+    assert "unknown counts as pass" in row.note
+    over = evaluate_gate("g", gate(vram), result(nvml_peak_used_gb=20.5), {})
+    assert over.outcome == "fail"
+
+
+def test_vram_both_reads_the_larger_figure():
+    both = {"check": "vram", "max_gb": 18, "figure": "both"}
+    r = result(nvml_peak_used_gb=17.0, torch_peak_reserved_gb=18.5)
+    assert evaluate_gate("g", gate(both), r, {}).outcome == "fail"
+
+
+def test_speedup_compares_images_per_second():
+    cond = {"check": "speedup", "vs": "ref", "min": 0.25}
+    ref = result("ref", images_per_s=40.0)
+    assert speedup_of(result(images_per_s=50.0), ref) == pytest.approx(0.25)
+    assert evaluate_gate("g", gate(cond), result(images_per_s=50.0), {"ref": ref}).outcome == "pass"
+    assert evaluate_gate("g", gate(cond), result(images_per_s=49.9), {"ref": ref}).outcome == "fail"
+    missing = evaluate_gate("g", gate(cond), result(images_per_s=50.0), {})
+    assert missing.rows[0].verdict == "unknown" and "ref did not run" in missing.rows[0].note
+
+
+def test_divergence_and_incomplete_runs_fail():
+    flags = ({"check": "no_divergence"}, {"check": "completed"})
+    diverged = result(
+        diverged=True, status="diverged", reason="NaN loss; recoveries exhausted", nan_recoveries=3
+    )
+    rows = evaluate_gate("g", gate(*flags), diverged, {}).rows
+    assert rows[0].verdict == "fail" and "recoveries exhausted" in rows[0].note
+    stopped = evaluate_gate("g", gate(*flags), result(epochs_done=7, status="stopped"), {})
+    assert stopped.rows[1].observed == "7/10" and stopped.outcome == "fail"
+
+
+def test_gate_without_subject_result_fails():
+    r = evaluate_gate("g", gate(MAP), None, {})
+    assert r.outcome == "fail" and r.rows[0].observed == "no result"
+
+
+def test_shortfalls_say_by_how_much():
+    r = evaluate_gate("g", gate(MAP), result(metrics=ValMetrics(map50_95=0.9)), {})
+    assert shortfalls(r) == ["g: map50_95 observed 0.9000, needed ≥ 0.9150"]
+
+
+def test_pick_best_skips_diverged_and_keeps_first_on_ties():
+    trials = [
+        result(trial=0, metrics=ValMetrics(map50_95=0.5)),
+        result(trial=1, metrics=ValMetrics(map50_95=0.9), diverged=True),
+        result(trial=2, metrics=ValMetrics(map50_95=0.7)),
+        result(trial=3, metrics=ValMetrics(map50_95=0.7)),
+    ]
+    assert pick_best(trials, "map50_95").trial == 2
+    assert pick_best([result(status="failed")], "map50_95") is None
+
+
+def test_monitors_warn_from_their_epoch_on():
+    by50 = Monitor(name="m", figure="map50", min=0.99, by_epoch=50)
+    vram = Monitor(name="v", figure="nvml_used_gb", max=18)
+
+    def event(epoch: int, map50: float, nvml: float | None) -> EpochEvent:
+        rec = EpochRecord(epoch=epoch, map50=map50)
+        return EpochEvent(node="p", epochs_planned=100, record=rec, nvml_used_gb=nvml)
+
+    assert check_monitors([by50, vram], event(10, 0.5, None)) == []
+    hits = check_monitors([by50, vram], event(50, 0.5, 18.2))
+    assert [h.monitor.name for h in hits] == ["m", "v"]
+    assert "expected ≥ 0.99" in hits[0].message("phase1")
+
+
+class PlainExecutor:
+    """Runs the walk without Prefect: the replay trainer, and lists for what was published."""
+
+    def __init__(self, spec: Path):
+        from tasks.replay import ReplayTrainer
+
+        self.trainer = ReplayTrainer(spec)
+        self.gates: list[GateResult] = []
+        self.entered: list[str] = []
+        self.epochs = 0
+
+    def train(self, spec: TrainSpec) -> PhaseResult:
+        def count(_: EpochEvent) -> None:
+            self.epochs += 1
+
+        return self.trainer.train(spec, count)
+
+    def gate(self, result: GateResult) -> None:
+        self.gates.append(result)
+
+    def enter(self, node: str, index: int) -> None:
+        self.entered.append(node)
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    ("spec", "terminal"),
+    [
+        ("deploy_phase1", "deploy_phase1"),
+        ("deploy_phase3", "deploy_phase3"),
+        ("keep_baseline", "keep_baseline"),
+    ],
+)
+def test_walk_without_prefect(spec, terminal, demo_data, tmp_path):
+    """The walk is plain Python: the same tree reaches the same terminal with any executor."""
+    cfg = prepare(OptimizeRequest(plan=SHIPPED_PLAN, data=demo_data, replay=REPLAYS / f"{spec}.yaml"))
+    ex = PlainExecutor(REPLAYS / f"{spec}.yaml")
+    state = walk_tree(cfg, tmp_path, ex)
+    assert state.terminal == terminal
+    assert ex.entered == state.path
+    assert [g.node for g in ex.gates] == [n for n in state.path if n.startswith("gate")]
+    if "phase3" in state.path:
+        assert len(state.trials) == 9
+        assert {t.trial for t in state.trials} == set(range(9))
+        assert all(t.epochs_planned == 20 for t in state.trials)
+        assert state.results["phase3"].epochs_planned == 100
+        assert any("latin hypercube, 9 trials" in n for n in state.notes)
+
+
+def test_tree_helpers_on_shipped_plan(demo_data):
+    plan = prepare(OptimizeRequest(plan=SHIPPED_PLAN, data=demo_data)).plan
+    assert find_cycle(plan) is None
+    assert len(list(paths(plan))) == 4
+    assert always_before(plan, "phase1", "gate2")
+    assert not always_before(plan, "phase2", "deploy_phase1")
