@@ -93,10 +93,12 @@ class UltralyticsTrainer:
             try:
                 kind, payload = messages.get(timeout=POLL_S)
             except queue.Empty:
+                if outcome.finished:
+                    return outcome  # the result is the last message; train() reaps a lingering child
                 if process.is_alive():
                     continue
                 dead_since = dead_since or time.monotonic()
-                if outcome.finished or time.monotonic() - dead_since > DRAIN_S:
+                if time.monotonic() - dead_since > DRAIN_S:
                     return outcome
                 continue
             self._handle(kind, payload, outcome, control, on_epoch)
