@@ -50,6 +50,7 @@ from pydantic import (
 )
 
 from flows.engine.fsutil import atomic_write_text
+from flows.engine.monitors import StopTraining
 from flows.engine.records import (
     RecordError,
     best_epoch,
@@ -216,24 +217,33 @@ class ReplayTrainer:
         """Replay the node's recorded run: stream its epochs, write its files, return its result."""
         entry = self.spec.entry_for(spec.node, spec.trial)
         planned = spec.epochs
-        replayed = adjust_records(read_results_csv(entry.csv)[: max(planned, 0)], entry)
-        speeds = epoch_speeds(replayed, entry)
-        for index, record in enumerate(replayed):
-            last = index == len(replayed) - 1
-            on_epoch(
-                EpochEvent(
-                    node=spec.node,
-                    trial=spec.trial,
-                    epochs_planned=planned,
-                    record=record,
-                    images_per_s=speeds[index],
-                    torch_reserved_gb=entry.torch_peak_reserved_gb,
-                    nvml_used_gb=entry.nvml_peak_used_gb,
-                    nan_recoveries=entry.nan_recoveries if last else 0,
+        recorded = adjust_records(read_results_csv(entry.csv)[: max(planned, 0)], entry)
+        speeds = epoch_speeds(recorded, entry)
+        stop_reason = None
+        for index, record in enumerate(recorded):
+            last = index == len(recorded) - 1
+            try:
+                on_epoch(
+                    EpochEvent(
+                        node=spec.node,
+                        trial=spec.trial,
+                        epochs_planned=planned,
+                        record=record,
+                        images_per_s=speeds[index],
+                        torch_reserved_gb=entry.torch_peak_reserved_gb,
+                        nvml_used_gb=entry.nvml_peak_used_gb,
+                        nan_recoveries=entry.nan_recoveries if last else 0,
+                    )
                 )
-            )
-        weights, results_csv = write_run_files(spec, entry, replayed)
-        return build_result(spec, entry, replayed, weights=weights, results_csv=results_csv)
+            except StopTraining as stop:  # early stop: the run ends after this epoch, as a real one would
+                stop_reason = stop.reason
+                recorded = recorded[: index + 1]
+                break
+        weights, results_csv = write_run_files(spec, entry, recorded)
+        result = build_result(spec, entry, recorded, weights=weights, results_csv=results_csv)
+        if stop_reason is not None:
+            return result.model_copy(update={"status": "stopped", "reason": stop_reason})
+        return result
 
 
 def adjust_records(records: Sequence[EpochRecord], entry: RunEntry) -> tuple[EpochRecord, ...]:

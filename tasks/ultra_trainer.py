@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from flows.engine.monitors import StopTraining
 from flows.engine.records import median_after_first
 from flows.engine.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
 
@@ -35,14 +36,6 @@ TERM_GRACE_S = 5.0
 """Seconds between SIGTERM and SIGKILL when the child has to be ended."""
 DRAIN_S = 2.0
 """How long to keep reading messages a dead child left in the queue."""
-
-
-class StopTraining(Exception):
-    """Raised by an ``on_epoch`` callback to end training gracefully after the current epoch."""
-
-    def __init__(self, reason: str = "stopped by on_epoch") -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class UltralyticsTrainer:

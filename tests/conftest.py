@@ -50,9 +50,11 @@ def prefect_server() -> Iterator[None]:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
-        with prefect_test_harness(server_startup_timeout=180):
-            yield
+    with (
+        temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}),
+        prefect_test_harness(server_startup_timeout=180),
+    ):
+        yield
 
 
 @pytest.fixture(scope="session")

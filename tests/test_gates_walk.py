@@ -180,3 +180,19 @@ def test_tree_helpers_on_shipped_plan(demo_data):
     assert len(list(paths(plan))) == 4
     assert always_before(plan, "phase1", "gate2")
     assert not always_before(plan, "phase2", "deploy_phase1")
+
+
+@needs_shared
+def test_replay_honours_stop_training(tmp_path):
+    """A monitor's stop ends a replayed run after that epoch, as it would a real one."""
+    from flows.engine.monitors import StopTraining
+    from tasks.replay import ReplayTrainer
+
+    def stop_at_3(event: EpochEvent) -> None:
+        if event.record.epoch == 3:
+            raise StopTraining("monitor said stop")
+
+    spec = TrainSpec(plan="p", node="phase1", model=Path("m.yaml"), data=Path("d.yaml"), args={"epochs": 100},
+                     run_dir=tmp_path / "phase1")  # fmt: skip
+    result = ReplayTrainer(REPLAYS / "keep_baseline.yaml").train(spec, stop_at_3)
+    assert (result.status, result.reason, result.epochs_done) == ("stopped", "monitor said stop", 3)

@@ -15,7 +15,15 @@ from flows.engine.schema import Monitor
 
 
 class StopTraining(Exception):
-    """Raised from an ``on_epoch`` callback to stop the phase gracefully after this epoch."""
+    """Raised from an ``on_epoch`` callback to stop the phase gracefully after this epoch.
+
+    Every trainer honours it: the run ends with status ``stopped`` and this reason. It is the
+    hook for early stopping of phases that cannot pass their gate.
+    """
+
+    def __init__(self, reason: str = "stopped by on_epoch") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ def render_report(
         "",
     ]
     if decision.warnings:
-        lines += ["## Warnings", "", *(f"- {w}" for w in decision.warnings), ""]
+        lines += ["## Warnings and notes", "", *(f"- {w}" for w in decision.warnings), ""]
     lines += ["## Gates", ""]
     for gate in decision.gates:
         lines += gate_table(gate)
