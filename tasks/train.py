@@ -99,6 +99,19 @@ class EpochReporter:
             raise StopTraining(hit.message(self.label))
 
 
+def gpu_slots(spec: TrainSpec) -> list[str]:
+    """Global concurrency limits a training takes: one slot per GPU it uses (``gpu-0``, ``gpu-1``…).
+
+    A server-side limit of 1 per GPU (``prefect gcl create gpu-0 --limit 1``) makes flows queue for
+    a card instead of fighting over it. CPU runs take no slot.
+    """
+    device = spec.args.get("device")
+    text = "0" if device is None else str(device).lower().replace("cuda:", "")
+    if text in ("cpu", "mps"):
+        return []
+    return [f"gpu-{part.strip()}" for part in text.split(",") if part.strip().isdigit()]
+
+
 def save_result(result: PhaseResult, spec: TrainSpec) -> None:
     """Keep the typed result beside the run's files (phase_result.json), never overwriting."""
     atomic_write_text(spec.run_dir / "phase_result.json", result.model_dump_json(indent=2))
@@ -110,7 +123,16 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
     logger = get_run_logger()
     reporter = EpochReporter(spec, monitors_for(cfg, spec.node))
     logger.info(f"{reporter.label}: {spec.epochs} epochs of {spec.model.name}, args {spec.args}")
-    result = make_trainer(cfg, log=logger.info).train(spec, reporter)
+    trainer = make_trainer(cfg, log=logger.info)
+    slots = gpu_slots(spec) if cfg.trainer == "ultralytics" else []
+    if slots:
+        from prefect.concurrency.sync import concurrency
+
+        logger.info(f"{reporter.label}: waiting for {', '.join(slots)}")
+        with concurrency(slots, occupy=1):
+            result = trainer.train(spec, reporter)
+    else:
+        result = trainer.train(spec, reporter)
     save_result(result, spec)
     logger.info(
         f"{reporter.label}: {result.status}, mAP50-95 {result.metrics.map50_95}, "

@@ -49,3 +49,24 @@ def test_golfball_validates_and_trains_one_short_epoch(tmp_path):
     assert [e.record.epoch for e in events] == [1]
     assert result.epochs_done == 1 and result.nbs == 8
     assert result.results_csv is not None and result.results_csv.is_file()
+
+
+WEIGHTS = GOLFBALL.parents[2] / "weights"
+
+
+@pytest.mark.skipif(
+    not any(WEIGHTS.glob("yolo11n*.pt")), reason=f"no COCO-pretrained yolo11n checkpoint in {WEIGHTS}"
+)
+def test_pretrained_fine_tune_raises_map(tmp_path):
+    """Pretrained layers transfer into the P2 model; a short fine-tune on golf balls shows mAP50-95 rising."""
+    from tasks.ultra_trainer import UltralyticsTrainer
+
+    weights = sorted(WEIGHTS.glob("yolo11n*.pt"))[0]
+    cfg = prepare(OptimizeRequest(plan=SHIPPED_PLAN, data=GOLFBALL, profile="smoke"))
+    spec = train_spec(cfg, tmp_path, "phase1").model_copy(
+        update={"pretrained": weights, "args": {**cfg.args_for("phase1"), "epochs": 5, "imgsz": 320}}
+    )
+    result = UltralyticsTrainer().train(spec, lambda _: None)
+    maps = [e.map50_95 or 0.0 for e in result.history]
+    assert result.status == "completed", result.reason
+    assert maps[-1] > maps[0]

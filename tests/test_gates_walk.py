@@ -196,3 +196,24 @@ def test_replay_honours_stop_training(tmp_path):
                      run_dir=tmp_path / "phase1")  # fmt: skip
     result = ReplayTrainer(REPLAYS / "keep_baseline.yaml").train(spec, stop_at_3)
     assert (result.status, result.reason, result.epochs_done) == ("stopped", "monitor said stop", 3)
+
+
+@pytest.mark.parametrize(
+    ("device", "slots"),
+    [
+        (None, ["gpu-0"]),
+        (0, ["gpu-0"]),
+        ("1", ["gpu-1"]),
+        ("0,1", ["gpu-0", "gpu-1"]),
+        ("cpu", []),
+        ("cuda:2", ["gpu-2"]),
+    ],
+)
+def test_gpu_slots_name_one_limit_per_card(device, slots, tmp_path):
+    from tasks.train import gpu_slots
+
+    args = {} if device is None else {"device": device}
+    spec = TrainSpec(
+        plan="p", node="n", model=Path("m.yaml"), data=Path("d.yaml"), args=args, run_dir=tmp_path
+    )
+    assert gpu_slots(spec) == slots

@@ -101,7 +101,9 @@ def test_every_problem_is_reported_at_once(write_plan, demo_data):
     } <= wheres
 
 
-@pytest.mark.parametrize("plan", [SHIPPED_PLAN, SHIPPED_PLAN.with_name("fod_plan_adamw.yaml")], ids=["sgd", "adamw"])
+@pytest.mark.parametrize(
+    "plan", [SHIPPED_PLAN, SHIPPED_PLAN.with_name("fod_plan_adamw.yaml")], ids=["sgd", "adamw"]
+)
 def test_shipped_plans_are_valid_and_warn_about_low_deploy_gates(demo_data, plan):
     """The seed's own deploy gates are below its 93.31 % baseline: valid, but warned."""
     cfg = prepare(OptimizeRequest(plan=plan, data=demo_data))

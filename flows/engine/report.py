@@ -7,10 +7,12 @@ Agg backend, imported lazily).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 
+from flows.engine.fsutil import atomic_write_bytes
 from flows.engine.registry import gate_table
 from flows.engine.results import Decision, PhaseResult, TreeView
 
@@ -149,21 +151,33 @@ def plot_curves(runs: Sequence[PhaseResult], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig, (ax_map, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
     for run in drawable:
-        xs = [e.epoch for e in run.history if e.map50_95 is not None]
-        ys = [e.map50_95 for e in run.history if e.map50_95 is not None]
         label = run.node if run.trial is None else f"{run.node} t{run.trial}"
         style = "-" if run.trial is None else ":"
-        ax.plot(xs, ys, style, marker="o" if len(xs) < 15 else None, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mAP50-95 (validation)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+        for ax, series in ((ax_map, map_series(run)), (ax_loss, loss_series(run))):
+            if series[0]:
+                ax.plot(*series, style, marker="o" if len(series[0]) < 15 else None, label=label)
+    ax_map.set_ylabel("mAP50-95 (validation)")
+    ax_loss.set_ylabel("train box loss")
+    for ax in (ax_map, ax_loss):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    ax_map.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    tmp.replace(out)
-    return out
+    return atomic_write_bytes(out, buffer.getvalue())
+
+
+def map_series(run: PhaseResult) -> tuple[list[int], list[float]]:
+    """(epochs, mAP50-95) of a run's history, skipping unknown values."""
+    points = [(e.epoch, e.map50_95) for e in run.history if e.map50_95 is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def loss_series(run: PhaseResult) -> tuple[list[int], list[float]]:
+    """(epochs, training box loss): shows learning even while a tiny model's mAP is still zero."""
+    points = [(e.epoch, v) for e in run.history if (v := e.losses.get("train/box_loss")) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
