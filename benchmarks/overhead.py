@@ -52,10 +52,19 @@ BARE_ARGS = (
 )
 """The bare command's arguments besides model, data, epochs and the output folder; the plan has the same."""
 
+BARE_MARKS: dict[str, re.Pattern[str]] = {
+    "banner": re.compile(r"^Ultralytics \d"),
+    "val_done": re.compile(r"^Speed: "),
+}
+"""Lines of the bare run: Ultralytics' banner (trainer set up) and the final validation's speed line."""
+
 FLOW_MARKS: dict[str, re.Pattern[str]] = {
     "server_start": re.compile(r"Starting temporary server"),
     "flow_begin": re.compile(r"Beginning flow run"),
     "train_begin": re.compile(r"Task run 'train-phase1' - "),
+    "child_banner": re.compile(r"Task run 'train-phase1' - Ultralytics \d"),
+    "child_val_done": re.compile(r"Task run 'train-phase1' - Speed: "),
+    "phase_done": re.compile(r"Task run 'train-phase1' - phase1: (completed|stopped|diverged|failed)"),
     "train_end": re.compile(r"Task run 'train-phase1' - Finished in state"),
     "flow_end": re.compile(r"Flow run '[^']*' - Finished in state"),
     "server_stop": re.compile(r"Stopping temporary server"),
@@ -65,7 +74,7 @@ FLOW_MARKS: dict[str, re.Pattern[str]] = {
 SEGMENTS: tuple[tuple[str, str | None, str | None, str], ...] = (
     ("startup_s", None, "server_start", "CLI start: imports (Prefect, Ultralytics' checker) + validation"),
     ("server_s", "server_start", "flow_begin", "Prefect ephemeral server start + flow run creation"),
-    ("flow_setup_s", "flow_begin", "train_begin", "flow body before the phase (validation again, run folder)"),
+    ("flow_setup_s", "flow_begin", "train_begin", "flow body before the phase (validation, run folder)"),
     ("train_task_s", "train_begin", "train_end", "train task (Prefect task run, child process inside)"),
     ("after_train_s", "train_end", "flow_end", "gate, terminal, report (curves.png), decision.json"),
     ("shutdown_s", "flow_end", None, "server stop + interpreter exit"),
@@ -172,6 +181,33 @@ def segments_of(timed: Timed) -> dict[str, float | None]:
     return out
 
 
+def phase_parts(bare: Timed, flow: Timed) -> dict[str, float | None]:
+    """The same three parts of the training in both commands, and what the engine adds to each.
+
+    start: command start (bare) or the task's first line, just before the spawn (flow), to Ultralytics'
+    banner; train: banner to the final validation's speed line; end: from there to the command's exit
+    (bare) or to the task's "completed" line, after the child has exited (flow).
+    """
+    b, f = bare.marks, flow.marks
+    out: dict[str, float | None] = {
+        "bare_start_s": b.get("banner"),
+        "bare_train_s": _between(b, "banner", "val_done"),
+        "bare_end_s": None if "val_done" not in b else bare.wall_s - b["val_done"],
+        "phase_start_s": _between(f, "train_begin", "child_banner"),
+        "phase_train_s": _between(f, "child_banner", "child_val_done"),
+        "phase_end_s": _between(f, "child_val_done", "phase_done"),
+    }
+    for part in ("start", "train", "end"):
+        bare_s, phase_s = out[f"bare_{part}_s"], out[f"phase_{part}_s"]
+        out[f"{part}_overhead_s"] = None if bare_s is None or phase_s is None else phase_s - bare_s
+    return out
+
+
+def _between(marks: dict[str, float], begin: str, end: str) -> float | None:
+    """Seconds from one mark to another, None when either is missing."""
+    return marks[end] - marks[begin] if begin in marks and end in marks else None
+
+
 def load_average() -> float:
     """One-minute load average: how busy the machine was (other people's tests included)."""
     return round(os.getloadavg()[0], 2)
@@ -180,7 +216,7 @@ def load_average() -> float:
 def measure_once(index: int, work: Path, data: Path, epochs: int, env: dict[str, str]) -> dict[str, Any]:
     """One repeat: bare, then flow, then dry-run; returns the raw and derived figures in seconds."""
     load_before = load_average()
-    bare = run_timed(bare_command(data, epochs, work / f"bare-{index}"), env)
+    bare = run_timed(bare_command(data, epochs, work / f"bare-{index}"), env, BARE_MARKS)
     check_ok(bare, "bare yolo train")
     runs_dir = work / f"runs-{index}"
     flow = run_timed(flow_command(data, epochs, runs_dir), env, FLOW_MARKS)
@@ -202,6 +238,7 @@ def measure_once(index: int, work: Path, data: Path, epochs: int, env: dict[str,
         "per_phase_overhead_s": phase_wall - bare.wall_s,
         "per_run_overhead_s": flow.wall_s - phase_wall,
         "task_wrap_s": None if task is None else task - phase_wall,
+        **phase_parts(bare, flow),
         "images_per_s": phase.get("images_per_s"),
         **segments,
         "load_before": load_before,
@@ -233,13 +270,16 @@ MEASURES: tuple[tuple[str, str], ...] = (
     ("ratio_flow_over_bare", "ratio (b) / (a)"),
     ("phase_wall_s", "phase wall time (PhaseResult.wall_s: spawn → child exit)"),
     ("per_phase_overhead_s", "**per-phase overhead** = phase wall − (a)"),
+    ("start_overhead_s", "· start to Ultralytics' banner (spawn + imports vs `yolo` start-up)"),
+    ("train_overhead_s", "· banner to final validation's speed line (training, streaming)"),
+    ("end_overhead_s", "· speed line to the end (child exit + join vs `yolo` exit)"),
     ("per_run_overhead_s", "**per-run overhead** = (b) − phase wall"),
-    ("startup_s", "  of which: CLI start, imports + validation"),
-    ("server_s", "  of which: Prefect server start + flow run creation"),
-    ("flow_setup_s", "  of which: flow body before the phase"),
-    ("task_wrap_s", "  of which: Prefect task around the phase"),
-    ("after_train_s", "  of which: gate, terminal, report"),
-    ("shutdown_s", "  of which: server stop + exit"),
+    ("startup_s", "· CLI start: imports + validation"),
+    ("server_s", "· Prefect server start + flow run creation"),
+    ("flow_setup_s", "· flow body before the phase"),
+    ("task_wrap_s", "· Prefect task around the phase"),
+    ("after_train_s", "· gate, terminal, report"),
+    ("shutdown_s", "· server stop + interpreter exit"),
     ("dry_run_s", "(c) `--dry-run` alone (imports + validation, no Prefect)"),
     ("images_per_s", "training images/s in the flow (median after epoch 1)"),
     ("load_before", "1-min load average before the repeat"),
@@ -254,6 +294,35 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         if values:
             summary[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
     return summary
+
+
+def min_to_min(summary: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The headline figures from the fastest run of each command: on a shared machine the minimum is
+    the run least disturbed by other work, so differences of minima are the least noisy overheads."""
+    low = {key: s["min"] for key, s in summary.items()}
+    out: dict[str, float] = {}
+    if {"bare_s", "flow_s"} <= low.keys():
+        out["ratio_flow_over_bare"] = low["flow_s"] / low["bare_s"]
+    if {"bare_s", "phase_wall_s"} <= low.keys():
+        out["per_phase_overhead_s"] = low["phase_wall_s"] - low["bare_s"]
+    if {"flow_s", "phase_wall_s"} <= low.keys():
+        out["per_run_overhead_s"] = low["flow_s"] - low["phase_wall_s"]
+    return out
+
+
+def min_to_min_line(figures: dict[str, float]) -> str:
+    """The min-to-min figures as one line under the table."""
+    if not figures:
+        return ""
+    parts = [f"{label} {fmt(key, figures[key])}" for key, label in MIN_TO_MIN_LABELS if key in figures]
+    return "From the minima (fastest run of each): " + ", ".join(parts) + "."
+
+
+MIN_TO_MIN_LABELS = (
+    ("ratio_flow_over_bare", "ratio (b)/(a)"),
+    ("per_phase_overhead_s", "per-phase overhead"),
+    ("per_run_overhead_s", "per-run overhead"),
+)
 
 
 def fmt(key: str, value: float) -> str:
@@ -274,14 +343,18 @@ def markdown_table(runs: list[dict[str, Any]], summary: dict[str, dict[str, floa
             continue
         s = summary[key]
         each = ", ".join(fmt(key, r[key]) for r in runs if r.get(key) is not None)
-        rows.append(f"| {label} | {fmt(key, s['median'])} | {fmt(key, s['min'])} | {fmt(key, s['max'])} | {each} |")
+        rows.append(
+            f"| {label} | {fmt(key, s['median'])} | {fmt(key, s['min'])} | {fmt(key, s['max'])} | {each} |"
+        )
     return "\n".join(rows)
 
 
 def machine_info() -> dict[str, Any]:
     """CPU count and model, RAM, OS and Python: what the numbers depend on."""
     cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").is_file() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "")
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
+    )
     meminfo = Path("/proc/meminfo").read_text(encoding="utf-8") if Path("/proc/meminfo").is_file() else ""
     kib = next((int(ln.split()[1]) for ln in meminfo.splitlines() if ln.startswith("MemTotal:")), 0)
     import platform
@@ -310,8 +383,9 @@ def header_lines(report: dict[str, Any]) -> str:
     """Date, machine and versions as one Markdown paragraph above the table."""
     m, v, s = report["machine"], report["versions"], report["settings"]
     return (
-        f"{report['date']}: {s['repeats']} repeats, {s['epochs']} epochs, {s['n_train']} train / {s['n_val']} val "
-        f"images at {s['image_size']} px; {m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, "
+        f"{report['date']}: {s['repeats']} repeats, {s['epochs']} epochs, "
+        f"{s['n_train']} train / {s['n_val']} val images at {s['image_size']} px; "
+        f"{m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, "
         f"Python {m['python']}, torch {v['torch']}, ultralytics {v['ultralytics']}, prefect {v['prefect']}. "
         f"One-time Prefect database creation (not in the table): {report['prefect_db_create_s']:.1f} s."
     )
@@ -326,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="alternating bare/flow repeats (default 3)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the tiny training (default 2)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--keep-work", action="store_true", help="keep the temporary folder (logs, runs) and print it")
+    p.add_argument(
+        "--keep-work", action="store_true", help="keep the temporary folder (logs, runs) and print it"
+    )
     return p
 
 
@@ -346,6 +422,7 @@ def run_benchmark(repeats: int, epochs: int, work: Path) -> dict[str, Any]:
             f"phase {r['phase_wall_s']:.1f} s, dry-run {r['dry_run_s']:.1f} s, load {r['load_before']}",
             flush=True,
         )
+    summary = summarize(runs)
     return {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_info(),
@@ -362,7 +439,8 @@ def run_benchmark(repeats: int, epochs: int, work: Path) -> dict[str, Any]:
         },
         "prefect_db_create_s": db_s,
         "runs": runs,
-        "summary": summarize(runs),
+        "summary": summary,
+        "min_to_min": min_to_min(summary),
         "segments": {key: meaning for key, _, _, meaning in SEGMENTS},
     }
 
@@ -386,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header_lines(report))
     print()
     print(markdown_table(report["runs"], report["summary"]))
+    print()
+    print(min_to_min_line(report["min_to_min"]))
     if args.out:
         from flows.engine.fsutil import atomic_write_text
 

@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="force an Ultralytics argument on every run, e.g. --set device=0 (repeatable)",
     )
     p.add_argument(
+        "--resume",
+        choices=["auto", "never", "force"],
+        default="auto",
+        help="auto (default): continue an unfinished run of the same plan, data and code where it stopped; "
+        "never: always start a new run folder; "
+        "force: continue the newest unfinished run even if something changed",
+    )
+    p.add_argument(
         "--demo",
         action="store_true",
         help="generate a small synthetic runway-FOD dataset and walk the whole tree on CPU (profile 'demo')",
@@ -103,6 +111,7 @@ def request_from(args: argparse.Namespace) -> OptimizeRequest:
         runs_dir=args.runs_dir,
         replay=args.replay,
         overrides=parse_overrides(args.overrides),
+        resume=args.resume,
     )
 
 

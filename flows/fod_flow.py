@@ -16,6 +16,17 @@ from prefect import flow, get_run_logger
 
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
 from flows.engine.fsutil import make_unique_dir
+from flows.engine.journal import (
+    Journal,
+    JournalingExecutor,
+    RunIdentity,
+    code_version,
+    find_resumable,
+    locked,
+    plan_sha,
+    unfinished_runs,
+    write_identity,
+)
 from flows.engine.results import Decision, GateResult, PhaseResult, TrainSpec
 from flows.engine.walk import walk_tree
 from tasks.publish import build_decision, finish_terminal, publish_gate, write_report
@@ -48,10 +59,45 @@ class PrefectExecutor:
         self.logger.info(f"node {index}: {node} ({self.cfg.plan.nodes[node].kind})")
 
 
-def new_run_dir(cfg: RunConfig) -> Path:
-    """A fresh run folder (never reused): RUNS/PLAN-YYYYmmdd-HHMMSS."""
+def run_identity(cfg: RunConfig) -> RunIdentity:
+    """What must match for a re-run to continue an unfinished run."""
+    resolved = {"plan": cfg.plan.model_dump(mode="json"), "force": cfg.force}
+    return RunIdentity(
+        plan=cfg.plan.plan,
+        plan_sha=plan_sha(resolved),
+        profile=cfg.request.profile,
+        data=str(cfg.data),
+        data_fingerprint=cfg.data_fingerprint,
+        code_version=code_version(),
+    )
+
+
+def open_run(cfg: RunConfig, identity: RunIdentity) -> tuple[Path, list[str]]:
+    """The unfinished run to continue (same identity), or a fresh folder RUNS/PLAN-YYYYmmdd-HHMMSS.
+
+    Returns the folder and the lines to log: what is resumed, or what changed since the
+    unfinished run that is therefore not continued.
+    """
+    mode = cfg.request.resume
+    if mode != "never":
+        found, changes = find_resumable(cfg.request.runs_dir, identity)
+        if found is None and changes and mode == "force":
+            found = unfinished_runs(cfg.request.runs_dir, identity.plan)[0]
+            return found, [f"continuing {found.name} although: {'; '.join(changes)}"]
+        if found is not None:
+            return found, [f"resuming unfinished run {found.name}"]
+        if changes:
+            notes = [*changes, "not resuming it: starting a new run folder (resume: force continues it)"]
+            return new_run_dir(cfg, identity), notes
+    return new_run_dir(cfg, identity), []
+
+
+def new_run_dir(cfg: RunConfig, identity: RunIdentity) -> Path:
+    """A fresh run folder (never reused) holding the run's identity."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return make_unique_dir(cfg.request.runs_dir, f"{cfg.plan.plan}-{stamp}")
+    run_dir = make_unique_dir(cfg.request.runs_dir, f"{cfg.plan.plan}-{stamp}")
+    write_identity(run_dir, identity)
+    return run_dir
 
 
 def name_flow_run() -> str:
@@ -71,11 +117,18 @@ def optimize(request: OptimizeRequest) -> Decision:
     logger = get_run_logger()
     for warning in cfg.warnings:
         logger.warning(warning)
-    run_dir = new_run_dir(cfg)
+    run_dir, notes = open_run(cfg, run_identity(cfg))
+    for note in notes:
+        logger.warning(note)
     logger.info(f"run folder {run_dir}")
-    state = walk_tree(cfg, run_dir, PrefectExecutor(cfg))
-    deployed = finish_terminal(cfg, run_dir, state)
-    decision = build_decision(cfg, run_dir, state, deployed)
-    report = write_report(cfg, run_dir, decision)
+    with locked(run_dir):
+        journal = Journal(run_dir)
+        state = walk_tree(cfg, run_dir, JournalingExecutor(PrefectExecutor(cfg), journal, log=logger.info))
+        deployed = journal.terminal_done(state.terminal)
+        if deployed is None:
+            deployed = finish_terminal(cfg, run_dir, state)
+            journal.record_terminal(state.terminal, deployed)
+        decision = build_decision(cfg, run_dir, state, deployed)
+        report = write_report(cfg, run_dir, decision)
     logger.info(f"terminal {decision.terminal}; report {report}")
     return decision

@@ -334,10 +334,17 @@ def train(spec: Any, device: str | None, channel: Channel) -> dict[str, Any]:
     status, reason = "completed", None
     model = None
     try:
-        model = YOLO(str(spec.model))
-        if spec.pretrained:
-            model.load(str(spec.pretrained))  # transfers the layers whose names and shapes match
-        model.train(trainer=make_trainer_class(session), **args)
+        if spec.resume_from:
+            # Ultralytics reloads the run's own arguments from last.pt (ERRATA: only imgsz, batch, device…
+            # may change on resume), so the interrupted phase continues exactly as it started.
+            model = YOLO(str(spec.resume_from))
+            device_arg = {"device": args["device"]} if args.get("device") is not None else {}
+            model.train(trainer=make_trainer_class(session), resume=True, **device_arg)
+        else:
+            model = YOLO(str(spec.model))
+            if spec.pretrained:
+                model.load(str(spec.pretrained))  # transfers the layers whose names and shapes match
+            model.train(trainer=make_trainer_class(session), **args)
     except RuntimeError:
         trainer = model.trainer if model is not None else None
         if trainer is None or not getattr(trainer, "diverged_reason", None):

@@ -49,7 +49,7 @@ from pydantic import (
     field_validator,
 )
 
-from flows.engine.fsutil import atomic_write_text
+from flows.engine.fsutil import write_text_once
 from flows.engine.monitors import StopTraining
 from flows.engine.records import (
     RecordError,
@@ -362,12 +362,12 @@ def _metrics_of(best: EpochRecord | None) -> ValMetrics:
 
 def write_run_files(spec: TrainSpec, entry: RunEntry, replayed: Sequence[EpochRecord]) -> tuple[Path, Path]:
     """Write run_dir/results.csv (the replayed rows) and the placeholder run_dir/weights/best.pt."""
-    results_csv = atomic_write_text(spec.run_dir / "results.csv", format_results_csv(replayed))
+    results_csv = write_text_once(spec.run_dir / "results.csv", format_results_csv(replayed))
     note = (
         f"REPLAY PLACEHOLDER - not a model.\nnode: {spec.node}\ntrial: {spec.trial}\n"
         f"replayed record: {entry.csv}\nepochs replayed: {len(replayed)} of {spec.epochs}\n"
     )
-    weights = atomic_write_text(spec.run_dir / "weights" / "best.pt", note)
+    weights = write_text_once(spec.run_dir / "weights" / "best.pt", note)
     return weights, results_csv
 
 

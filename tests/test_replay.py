@@ -104,8 +104,10 @@ def test_written_files(tmp_path: Path, plain: ReplayTrainer) -> None:
     assert read_results_csv(result.results_csv) == result.history
     note = result.weights.read_text(encoding="utf-8")
     assert "REPLAY" in note and "29.csv" in note
-    with pytest.raises(AlreadyExistsError):  # a run folder is never overwritten
-        replay(plain, spec)
+    again, _ = replay(plain, spec)  # a resumed step writes the very same files again: accepted
+    assert again.results_csv == result.results_csv
+    with pytest.raises(AlreadyExistsError):  # different content is never written over a run's files
+        replay(plain, spec.model_copy(update={"args": {**spec.args, "epochs": 20}}))
 
 
 # --- overrides -----------------------------------------------------------------------------------

@@ -36,6 +36,11 @@ class OptimizeRequest(BaseModel):
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Ultralytics arguments forced on every run (e.g. device: 0)"
     )
+    resume: Literal["auto", "never", "force"] = Field(
+        default="auto",
+        description="auto: continue an unfinished run of the same plan, data and code; never: always a "
+        "new run folder; force: continue the newest unfinished run even if something changed",
+    )
 
 
 class RunConfig(BaseModel):

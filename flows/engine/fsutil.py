@@ -96,3 +96,17 @@ def make_unique_dir(parent: Path, stem: str) -> Path:
             continue
         return candidate
     raise AlreadyExistsError(f"no free folder name for {stem!r} under {parent}")
+
+
+def write_text_once(path: Path, text: str) -> Path:
+    """Write a file that is never overwritten, but let a resumed step write the very same content again.
+
+    A step killed after writing its file but before recording that it finished writes it again on
+    resume; identical content is accepted, anything else raises ``AlreadyExistsError``.
+    """
+    try:
+        return atomic_write_text(path, text)
+    except AlreadyExistsError:
+        if Path(path).read_text(encoding="utf-8") == text:
+            return Path(path)
+        raise

@@ -131,6 +131,8 @@ class TrainSpec(Frozen):
     grad_clip_norm: float | None = None
     run_dir: Path
     """Folder the trainer owns for this run (Ultralytics' project/name)."""
+    resume_from: Path | None = None
+    """An interrupted run's own last.pt: resume it with its own arguments instead of starting over."""
 
     @property
     def epochs(self) -> int:

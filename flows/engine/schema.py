@@ -8,6 +8,7 @@ setting. Cross-node rules (reachability, cycles, targets) live in ``validate.py`
 from __future__ import annotations
 
 import math
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,10 +20,44 @@ UnknownPolicy = Literal["pass", "fail"]
 NODE_NAME = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$"
 
 
-class Strict(BaseModel):
-    """Base model: unknown keys are errors; values are checked on assignment too."""
+MAX_PATH_CHARS = 1024
+MAX_NAME_CHARS = 255
+"""Longer paths or file names make the OS raise ENAMETOOLONG instead of answering 'not found'."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Strict(BaseModel):
+    """Base model: unknown keys are errors, NaN and infinity are not numbers, values are checked on
+    assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def check_path_text(value: str | None, *, what: str) -> str | None:
+    """A file path from the plan that the OS can look up: no NUL byte, no over-long name."""
+    if value is None:
+        return None
+    if "\x00" in value or not value.strip():
+        raise ValueError(f"{what} must be a file name or path, got {value!r}")
+    if len(value) > MAX_PATH_CHARS or any(len(part) > MAX_NAME_CHARS for part in value.split("/")):
+        raise ValueError(f"{what} is too long for a file path ({len(value)} characters)")
+    return value
+
+
+def check_inside(value: str, *, what: str) -> str:
+    """A folder relative to the runs folder that stays inside it (no absolute path, no '..').
+
+    The model registry holds deployed models that are never overwritten; a plan must not be
+    able to point it (or anything the engine writes) at ``../../etc`` or ``/``.
+    """
+    check_path_text(value, what=what)
+    posix, windows = PurePosixPath(value), PureWindowsPath(value)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or value.startswith("~"):
+        raise ValueError(f"{what} {value!r} must be a folder relative to the runs folder, not absolute")
+    if ".." in posix.parts or ".." in windows.parts:
+        raise ValueError(f"{what} {value!r} leaves the runs folder ('..'); name a folder inside it")
+    if posix.parts in ((), (".",)):
+        raise ValueError(f"{what} must name a folder inside the runs folder, got {value!r}")
+    return value
 
 
 def parse_fraction(value: Any, *, what: str, upper: float | None = 1.0) -> float:
@@ -67,6 +102,11 @@ class Baseline(Strict):
     def _fraction(cls, value: Any) -> float:
         return parse_fraction(value, what="baseline.map50_95")
 
+    @field_validator("weights")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return check_path_text(value, what="weights")
+
 
 class Monitor(Strict):
     """A per-epoch check that raises a visible warning (and optionally stops the phase)."""
@@ -82,10 +122,15 @@ class Monitor(Strict):
     def _one_bound(self) -> Monitor:
         if (self.min is None) == (self.max is None):
             raise ValueError(f"monitor {self.name!r}: give exactly one of min or max")
-        if self.figure in ("precision", "recall", "map50", "map50_95"):
-            for bound in (self.min, self.max):
-                if bound is not None:
-                    parse_fraction(bound, what=f"monitor {self.name!r} {self.figure}")
+        for bound in (self.min, self.max):
+            if bound is None:
+                continue
+            if self.figure in ("precision", "recall", "map50", "map50_95"):
+                parse_fraction(bound, what=f"monitor {self.name!r} {self.figure}")
+            elif bound < 0:
+                raise ValueError(f"monitor {self.name!r}: {self.figure} bound must be ≥ 0 GB, got {bound:g}")
+            elif bound > 2048:
+                raise ValueError(f"monitor {self.name!r}: {bound:g} looks like MiB; VRAM is in GB (e.g. 18)")
         return self
 
 
@@ -102,6 +147,11 @@ class TrainNode(Strict):
     args: dict[str, Any] = Field(default_factory=dict)
     monitors: list[Monitor] = Field(default_factory=list)
     next: str
+
+    @field_validator("model", "pretrained")
+    @classmethod
+    def _path(cls, value: str | None, info: Any) -> str | None:
+        return check_path_text(value, what=info.field_name)
 
 
 class Design(Strict):
@@ -243,6 +293,11 @@ class Profile(Strict):
     nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     registry: str | None = None
 
+    @field_validator("registry")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        return None if value is None else check_inside(value, what="registry")
+
 
 class Plan(Strict):
     """A whole plan file, after any profile has been applied."""
@@ -256,6 +311,11 @@ class Plan(Strict):
     start: str
     nodes: dict[Annotated[str, Field(pattern=NODE_NAME)], Node]
     profiles: dict[str, Profile] = Field(default_factory=dict)
+
+    @field_validator("registry")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return check_inside(value, what="registry")
 
     def train_nodes(self) -> dict[str, TrainNode | SearchNode]:
         """Nodes that train (phases and searches), by name."""
