@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.engine.config import RunConfig
-from flows.engine.fsutil import atomic_write_text
+from flows.engine.fsutil import write_text_once
 from flows.engine.registry import baseline_record, deploy
 from flows.engine.report import plot_curves, render_report
 from flows.engine.results import Decision, GateResult
@@ -50,11 +50,13 @@ def finish_terminal(cfg: RunConfig, run_dir: Path, state: WalkState) -> tuple[Pa
     if node.kind == "deploy":
         registry = cfg.request.runs_dir / plan.registry
         phase = state.results[node.phase]
-        target = deploy(registry, plan.plan, phase, state.gates, state.path, cfg.data_fingerprint)
+        target = deploy(
+            registry, run_dir.name, plan.plan, phase, state.gates, state.path, cfg.data_fingerprint
+        )
         logger.info(f"deployed {node.phase} → {target}")
         return target, node.phase
     text = baseline_record(plan.baseline.name, plan.baseline.map50_95, state.gates)
-    atomic_write_text(run_dir / "BASELINE_KEPT.md", text)
+    write_text_once(run_dir / "BASELINE_KEPT.md", text)
     logger.info(text)
     return None, None
 
@@ -94,14 +96,19 @@ def space_keys(cfg: RunConfig) -> list[str]:
 
 @task(name="report")
 def write_report(cfg: RunConfig, run_dir: Path, decision: Decision) -> Path:
-    """decision.json, curves.png and REPORT.md in the run folder, plus the report as a markdown artifact."""
-    atomic_write_text(run_dir / "decision.json", decision.model_dump_json(indent=2))
-    png = plot_curves([*decision.phases, *decision.trials], run_dir / "curves.png")
+    """curves.png, REPORT.md, the markdown artifact, then decision.json (which marks the run finished).
+
+    A run killed while writing its report rewrites the same content on resume (never different content).
+    """
+    png = run_dir / "curves.png"
+    if not png.exists():
+        png = plot_curves([*decision.phases, *decision.trials], png)
     text = render_report(decision, tree_view(cfg.plan), png.name if png else None, space_keys(cfg))
-    report = atomic_write_text(run_dir / "REPORT.md", text)
+    report = write_text_once(run_dir / "REPORT.md", text)
     create_markdown_artifact(
         key=artifact_key("report", cfg.plan.plan),
         markdown=text,
         description=f"{cfg.plan.plan}: {decision.terminal}",
     )
+    write_text_once(run_dir / "decision.json", decision.model_dump_json(indent=2))
     return report

@@ -55,6 +55,8 @@ def load_data_yaml(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     from flows.engine.loader import read_yaml
 
     src = str(path)
+    if is_dir(path):
+        return None, [Problem(src, "", "is a folder; give the dataset YAML file (e.g. data.yaml)")]
     if not is_file(path):
         return None, [Problem(src, "", "dataset YAML not found")]
     try:

@@ -95,6 +95,8 @@ def size_problem(doc: Any) -> str | None:
 def read_text_file(path: Path, source: str, *, what: str = "plan") -> str:
     """A small UTF-8 text file's content, or ``PlanError`` saying why it cannot be read."""
     try:
+        if path.is_dir():
+            raise PlanError([Problem(source, "", f"is a folder; give the {what} file")])
         if not path.is_file():
             raise PlanError([Problem(source, "", f"{what} file not found")])
         size = path.stat().st_size

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flows.engine.fsutil import atomic_copy, atomic_write_text
+from flows.engine.fsutil import atomic_copy, atomic_write_text, write_text_once
 from flows.engine.gates import shortfalls
 from flows.engine.results import GateResult, PhaseResult
 
@@ -77,21 +77,42 @@ def gate_table(gate: GateResult) -> list[str]:
     ]
 
 
+SOURCE_RUN = "SOURCE_RUN"
+"""Names the run a version was deployed from, so a resumed run completes its own version, never a second."""
+
+
+def version_of_run(registry: Path, plan: str, run_id: str) -> Path | None:
+    """The version folder a run already started deploying into, if any."""
+    for marker in sorted((registry / plan).glob(f"v*/{SOURCE_RUN}")):
+        if marker.read_text(encoding="utf-8").strip() == run_id:
+            return marker.parent
+    return None
+
+
 def deploy(
     registry: Path,
+    run_id: str,
     plan: str,
     phase: PhaseResult,
     gates: list[GateResult],
     path: list[str],
     fingerprint: str,
 ) -> Path:
-    """Copy the winning weights into a new registry version with its model card; return the weights' path."""
+    """Copy the winning weights into a new registry version with its model card; return the weights' path.
+
+    Idempotent per run: a run killed halfway through its deploy completes the same version on resume.
+    """
     if phase.weights is None or not Path(phase.weights).is_file():
         raise FileNotFoundError(f"{phase.node} has no weights to deploy ({phase.weights})")
-    version_dir = next_version_dir(registry, plan)
-    target = atomic_copy(Path(phase.weights), version_dir / "best.pt")
+    version_dir = version_of_run(registry, plan, run_id)
+    if version_dir is None:
+        version_dir = next_version_dir(registry, plan)
+        atomic_write_text(version_dir / SOURCE_RUN, run_id + "\n")
+    target = version_dir / "best.pt"
+    if not target.exists():
+        atomic_copy(Path(phase.weights), target)
     card = model_card(plan, version_dir.name, phase, gates, path, fingerprint)
-    atomic_write_text(version_dir / "MODEL_CARD.md", card)
+    write_text_once(version_dir / "MODEL_CARD.md", card)
     return target
 
 
