@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -90,6 +91,9 @@ class Timed:
     returncode: int
     marks: dict[str, float] = field(default_factory=dict)
     log: str = ""
+    cpu_s: float | None = None
+    """User + system CPU seconds of the command and every descendant it waited for (the training child,
+    Prefect's server): unlike wall time, barely changed by other people's load on the machine."""
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -99,6 +103,7 @@ def run_timed(cmd: list[str], env: dict[str, str], marks: dict[str, re.Pattern[s
     """Run a command to its end; time it, and stamp each marked line with its arrival time (s from start)."""
     found: dict[str, float] = {}
     lines: list[str] = []
+    cpu_before = children_cpu_s()
     start = time.monotonic()
     with subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         assert proc.stdout is not None
@@ -110,7 +115,14 @@ def run_timed(cmd: list[str], env: dict[str, str], marks: dict[str, re.Pattern[s
                 if name not in found and pattern.search(line):
                     found[name] = now
         returncode = proc.wait()
-    return Timed(time.monotonic() - start, returncode, found, "\n".join(lines))
+    wall_s = time.monotonic() - start
+    return Timed(wall_s, returncode, found, "\n".join(lines), children_cpu_s() - cpu_before)
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of all waited-for descendants so far (commands run one at a time, so deltas add up)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench_env(work: Path) -> dict[str, str]:
@@ -203,6 +215,11 @@ def phase_parts(bare: Timed, flow: Timed) -> dict[str, float | None]:
     return out
 
 
+def _minus(a: float | None, b: float | None) -> float | None:
+    """a - b, None when either is unknown."""
+    return None if a is None or b is None else a - b
+
+
 def _between(marks: dict[str, float], begin: str, end: str) -> float | None:
     """Seconds from one mark to another, None when either is missing."""
     return marks[end] - marks[begin] if begin in marks and end in marks else None
@@ -240,6 +257,10 @@ def measure_once(index: int, work: Path, data: Path, epochs: int, env: dict[str,
         "task_wrap_s": None if task is None else task - phase_wall,
         **phase_parts(bare, flow),
         "images_per_s": phase.get("images_per_s"),
+        "bare_cpu_s": bare.cpu_s,
+        "flow_cpu_s": flow.cpu_s,
+        "engine_cpu_s": _minus(flow.cpu_s, bare.cpu_s),
+        "dry_run_cpu_s": dry.cpu_s,
         **segments,
         "load_before": load_before,
         "load_after": load_average(),
@@ -281,6 +302,10 @@ MEASURES: tuple[tuple[str, str], ...] = (
     ("after_train_s", "· gate, terminal, report"),
     ("shutdown_s", "· server stop + interpreter exit"),
     ("dry_run_s", "(c) `--dry-run` alone (imports + validation, no Prefect)"),
+    ("bare_cpu_s", "CPU time (user+sys, all processes) of (a)"),
+    ("flow_cpu_s", "CPU time of (b)"),
+    ("engine_cpu_s", "**CPU time the engine adds** = CPU (b) − CPU (a)"),
+    ("dry_run_cpu_s", "CPU time of (c)"),
     ("images_per_s", "training images/s in the flow (median after epoch 1)"),
     ("load_before", "1-min load average before the repeat"),
 )
@@ -331,7 +356,7 @@ def fmt(key: str, value: float) -> str:
         return f"{value:.2f}×"
     if key in ("images_per_s", "load_before"):
         return f"{value:.1f}"
-    return f"{value:+.1f} s" if "overhead" in key else f"{value:.1f} s"
+    return f"{value:+.1f} s" if "overhead" in key or key == "engine_cpu_s" else f"{value:.1f} s"
 
 
 def markdown_table(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
+from flows.engine.faults import kill_point
 from flows.engine.fsutil import make_unique_dir
 from flows.engine.journal import (
     Journal,
@@ -127,6 +128,7 @@ def optimize(request: OptimizeRequest) -> Decision:
         deployed = journal.terminal_done(state.terminal)
         if deployed is None:
             deployed = finish_terminal(cfg, run_dir, state)
+            kill_point("journal:terminal")
             journal.record_terminal(state.terminal, deployed)
         decision = build_decision(cfg, run_dir, state, deployed)
         report = write_report(cfg, run_dir, decision)

@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.engine.config import RunConfig
+from flows.engine.faults import kill_point
 from flows.engine.fsutil import write_text_once
 from flows.engine.registry import baseline_record, deploy
 from flows.engine.report import plot_curves, render_report
@@ -110,5 +111,6 @@ def write_report(cfg: RunConfig, run_dir: Path, decision: Decision) -> Path:
         markdown=text,
         description=f"{cfg.plan.plan}: {decision.terminal}",
     )
+    kill_point("report")
     write_text_once(run_dir / "decision.json", decision.model_dump_json(indent=2))
     return report

@@ -49,7 +49,8 @@ from pydantic import (
     field_validator,
 )
 
-from flows.engine.fsutil import write_text_once
+from flows.engine.faults import kill_point
+from flows.engine.fsutil import atomic_write_text, write_text_once
 from flows.engine.monitors import StopTraining
 from flows.engine.records import (
     RecordError,
@@ -220,7 +221,10 @@ class ReplayTrainer:
         recorded = adjust_records(read_results_csv(entry.csv)[: max(planned, 0)], entry)
         speeds = epoch_speeds(recorded, entry)
         stop_reason = None
+        done = resumed_epochs(spec)
         for index, record in enumerate(recorded):
+            if index < done:
+                continue  # replayed before the interruption: like Ultralytics' resume, not trained again
             last = index == len(recorded) - 1
             try:
                 on_epoch(
@@ -239,11 +243,31 @@ class ReplayTrainer:
                 stop_reason = stop.reason
                 recorded = recorded[: index + 1]
                 break
+            save_last_checkpoint(spec, record.epoch)
+            kill_point(f"epoch:{spec.node}:{record.epoch}")
         weights, results_csv = write_run_files(spec, entry, recorded)
         result = build_result(spec, entry, recorded, weights=weights, results_csv=results_csv)
         if stop_reason is not None:
             return result.model_copy(update={"status": "stopped", "reason": stop_reason})
         return result
+
+
+LAST_CHECKPOINT = Path("weights") / "last.pt"
+
+
+def save_last_checkpoint(spec: TrainSpec, epoch: int) -> None:
+    """Like Ultralytics' last.pt after every epoch: here a placeholder naming the last finished epoch."""
+    atomic_write_text(spec.run_dir / LAST_CHECKPOINT, f"REPLAY CHECKPOINT\nepoch: {epoch}\n", overwrite=True)
+
+
+def resumed_epochs(spec: TrainSpec) -> int:
+    """Epochs already replayed when resuming from the run's own placeholder last.pt (0 otherwise)."""
+    if spec.resume_from is None or not Path(spec.resume_from).is_file():
+        return 0
+    for line in Path(spec.resume_from).read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("epoch:") and line.split(":", 1)[1].strip().isdigit():
+            return int(line.split(":", 1)[1])
+    return 0
 
 
 def adjust_records(records: Sequence[EpochRecord], entry: RunEntry) -> tuple[EpochRecord, ...]:

@@ -4,6 +4,7 @@ arithmetic is right; gpu_memory.py refuses a machine without CUDA."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -211,7 +212,37 @@ def test_overhead_benchmark_runs_end_to_end_and_finds_every_mark(overhead, tmp_p
     parts = [run[key] for key, *_ in overhead.SEGMENTS]
     assert None not in parts
     assert sum(parts) == pytest.approx(run["flow_s"], abs=1e-6)
-    for key in ("start_overhead_s", "train_overhead_s", "end_overhead_s", "dry_run_s", "phase_wall_s"):
+    for key in (
+        "start_overhead_s",
+        "train_overhead_s",
+        "end_overhead_s",
+        "dry_run_s",
+        "phase_wall_s",
+        "engine_cpu_s",
+    ):
         assert run[key] is not None, key
     assert report["versions"]["prefect"] != "not installed"
     assert "| **per-phase overhead** = phase wall − (a) |" in capsys.readouterr().out
+
+
+def test_run_timed_stamps_marked_lines_and_counts_the_commands_cpu(overhead):
+    """Marks get the arrival time of their first matching line; CPU time covers the command's own work."""
+    code = (
+        "import time\n"
+        "print('first', flush=True)\n"
+        "end = time.process_time() + 0.4\n"
+        "while time.process_time() < end: pass\n"
+        "print('second', flush=True)\n"
+        "print('second again', flush=True)\n"
+    )
+    marks = {
+        "a": overhead.re.compile("^first"),
+        "b": overhead.re.compile("^second"),
+        "c": overhead.re.compile("x"),
+    }
+    timed = overhead.run_timed([sys.executable, "-c", code], dict(os.environ), marks)
+    assert timed.returncode == 0
+    assert set(timed.marks) == {"a", "b"}
+    assert 0 <= timed.marks["a"] < timed.marks["b"] <= timed.wall_s
+    assert timed.cpu_s is not None and timed.cpu_s >= 0.35
+    assert timed.log.splitlines()[-1].endswith(" second again")

@@ -87,13 +87,16 @@ def _mk(path: Path) -> Path:
     return path
 
 
-def test_torn_last_journal_line_is_ignored(tmp_path):
+def test_torn_last_journal_line_is_ignored_then_cut(tmp_path):
     journal = Journal(tmp_path)
     spec = TrainSpec(plan="p", node="a", model=Path("m"), data=Path("d"), run_dir=tmp_path / "a")
     journal.record_train(spec, PhaseResult(node="a"))
     with open(journal.path, "a", encoding="utf-8") as handle:
         handle.write('{"kind": "train", "key": "b", "at": 1, "res')  # killed mid-write
     assert list(journal.finished()) == ["a"]
+    reopened = Journal(tmp_path)  # the resumed run cuts the torn line before appending
+    reopened.record_train(spec.model_copy(update={"node": "c"}), PhaseResult(node="c"))
+    assert list(reopened.finished()) == ["a", "c"]
 
 
 def identity(**kw: str) -> RunIdentity:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_write_text
 from flows.engine.results import Frozen, GateResult, PhaseResult, TrainSpec
 
@@ -99,6 +100,17 @@ class Journal:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / JOURNAL
+        self.repair()
+
+    def repair(self) -> None:
+        """Cut a line torn by a kill mid-append, so that new entries never follow garbage."""
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+                os.fsync(handle.fileno())
 
     def append(self, entry: JournalEntry) -> None:
         """Write one entry durably before the caller moves on."""
@@ -234,6 +246,7 @@ class JournalingExecutor:
             self.log(f"{key}: resuming the interrupted training from {last}")
             spec = spec.model_copy(update={"resume_from": last})
         result = self.inner.train(spec)
+        kill_point(f"journal:{key}")
         self.journal.record_train(spec, result)
         return result
 
@@ -241,6 +254,7 @@ class JournalingExecutor:
         """Publish and record a gate."""
         if f"gate:{result.node}" not in self.done:
             self.inner.gate(result)
+            kill_point(f"journal:gate:{result.node}")
             self.journal.record_gate(result)
 
     def enter(self, node: str, index: int) -> None:

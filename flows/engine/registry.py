@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_copy, atomic_write_text, write_text_once
 from flows.engine.gates import shortfalls
 from flows.engine.results import GateResult, PhaseResult
@@ -108,6 +109,7 @@ def deploy(
     if version_dir is None:
         version_dir = next_version_dir(registry, plan)
         atomic_write_text(version_dir / SOURCE_RUN, run_id + "\n")
+    kill_point("deploy")
     target = version_dir / "best.pt"
     if not target.exists():
         atomic_copy(Path(phase.weights), target)

@@ -1,0 +1,21 @@
+"""Named kill points for the crash-resume tests.
+
+Production code calls ``kill_point(name)`` at the instants where a crash is most harmful
+(between a step and its journal line, halfway through a deploy, between the report and
+decision.json). Nothing happens unless the environment variable ``FOD_KILL_AT`` names that
+point: then the process kills itself with SIGKILL, exactly like a power cut or the OOM
+killer, so the tests can prove that re-running the same command recovers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+KILL_ENV = "FOD_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process if ``FOD_KILL_AT`` names this point (test fault injection)."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,226 @@
+"""kill -9 at many points, then the same command again: same decision, no epoch trained twice, no corrupt file.
+
+Replay-trainer points use the named kill points of ``flows.engine.faults`` (FOD_KILL_AT); two more points kill
+real tiny Ultralytics training mid-phase from outside. Every run talks to one real Prefect server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPLAYS, ROOT, needs_shared
+
+pytestmark = [needs_shared, pytest.mark.slow]
+EPOCH_LINE = re.compile(r"- (?P<label>[\w -]+?): epoch (?P<epoch>\d+)/(?P<planned>\d+) ")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `prefect server start` on SQLite for this module's command-line runs."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_healthy(url, server)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "prefect server exited"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("prefect server did not start")
+
+
+def run(args: list[str], api: str, cwd: Path, kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command line, optionally told to SIGKILL itself at a named point."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "1", "PREFECT_API_URL": api}
+    env.pop("FOD_KILL_AT", None)
+    if kill_at:
+        env["FOD_KILL_AT"] = kill_at
+    cmd = [sys.executable, "-m", "flows.optimize", *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    out, _ = proc.communicate(timeout=900)
+    with_children_gone(proc.pid)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def with_children_gone(pgid: int) -> None:
+    """A killed flow leaves its training child to its watchdog; make sure nothing of the group survives."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def trained_epochs(*outputs: str) -> Counter:
+    """(run label, epoch) pairs the logs report as trained."""
+    return Counter((m["label"], int(m["epoch"])) for out in outputs for m in EPOCH_LINE.finditer(out))
+
+
+def decision_of(runs: Path) -> tuple[Path, dict]:
+    folders = [p for p in runs.glob("fod-yolo11m-p2-*") if p.is_dir()]
+    assert len(folders) == 1, f"expected one run folder (resumed), got {folders}"
+    return folders[0], json.loads((folders[0] / "decision.json").read_text(encoding="utf-8"))
+
+
+def essentials(decision: dict) -> dict:
+    """What must equal an uninterrupted run's decision."""
+    return {
+        "terminal": decision["terminal"],
+        "path": decision["path"],
+        "gates": [(g["node"], g["outcome"], [r["observed"] for r in g["rows"]]) for g in decision["gates"]],
+        "metrics": [(p["node"], p["trial"], p["metrics"], p["epochs_done"]) for p in decision["phases"]],
+        "trials": [(t["trial"], t["metrics"]) for t in decision["trials"]],
+    }
+
+
+def assert_files_sound(run_dir: Path) -> None:
+    """Every JSON file parses, the journal has no torn line and no step twice, the registry is whole."""
+    for path in run_dir.rglob("*.json"):
+        json.loads(path.read_text(encoding="utf-8"))
+    lines = (run_dir / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    keys = [json.loads(line)["key"] for line in lines]
+    assert len(keys) == len(set(keys)), Counter(keys).most_common(3)
+    assert (run_dir / "REPORT.md").read_text(encoding="utf-8").startswith("# fod-yolo11m-p2")
+    for version in (run_dir.parent / "models").glob("*/v*"):
+        assert {p.name for p in version.iterdir()} >= {"best.pt", "MODEL_CARD.md", "SOURCE_RUN"}
+
+
+REPLAY_POINTS = [
+    ("deploy_phase3", "epoch:phase1:37"),  # during a train node
+    ("deploy_phase3", "journal:phase1"),  # between a node and its journal line
+    ("deploy_phase3", "journal:gate:gate1"),  # between a gate and its journal line
+    ("deploy_phase3", "epoch:phase3:12"),  # during a search trial (each trial replays 20 epochs)
+    ("deploy_phase3", "journal:phase3/trial-04"),  # between a trial and its journal line
+    ("deploy_phase3", "journal:phase3/full"),  # after the search's full run
+    ("deploy_phase3", "deploy"),  # halfway through a deploy
+    ("deploy_phase3", "journal:terminal"),  # after the deploy, before its journal line
+    ("deploy_phase3", "report"),  # after REPORT.md, before decision.json
+    ("keep_baseline", "epoch:phase2:80"),  # during Phase 2 on the keep-baseline branch
+]
+
+
+@pytest.fixture(scope="module")
+def references(
+    api_url: str, demo_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[dict, Counter]]:
+    """Uninterrupted runs of each replay, to compare with."""
+    refs = {}
+    for spec in sorted({s for s, _ in REPLAY_POINTS}):
+        cwd = tmp_path_factory.mktemp(f"ref-{spec}")
+        out = run(
+            ["--data", str(demo_data), "--runs-dir", "runs", "--replay", str(REPLAYS / f"{spec}.yaml")],
+            api_url,
+            cwd,
+        )
+        assert out.returncode == 0, out.stdout[-3000:]
+        refs[spec] = (essentials(decision_of(cwd / "runs")[1]), trained_epochs(out.stdout))
+    return refs
+
+
+@pytest.mark.parametrize(("spec", "point"), REPLAY_POINTS, ids=[p for _, p in REPLAY_POINTS])
+def test_kill_at_point_then_rerun(spec, point, api_url, demo_data, references, tmp_path):
+    args = ["--data", str(demo_data), "--runs-dir", "runs", "--replay", str(REPLAYS / f"{spec}.yaml")]
+    killed = run(args, api_url, tmp_path, kill_at=point)
+    assert killed.returncode == -signal.SIGKILL, f"never reached kill point {point}: {killed.stdout[-2000:]}"
+    resumed = run(args, api_url, tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    run_dir, decision = decision_of(tmp_path / "runs")
+    expected, expected_epochs = references[spec]
+    assert essentials(decision) == expected
+    epochs = trained_epochs(killed.stdout, resumed.stdout)
+    assert max(epochs.values()) == 1, f"trained twice: {[k for k, n in epochs.items() if n > 1][:5]}"
+    assert set(epochs) == set(expected_epochs)
+    assert_files_sound(run_dir)
+
+
+def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout_s: float = 400) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if list(root.glob(path_glob)):
+            return
+        assert proc.poll() is None, "the run ended before the kill point"
+        time.sleep(0.2)
+    raise TimeoutError(path_glob)
+
+
+@pytest.mark.parametrize("node", ["phase1", "phase2"])
+def test_kill_real_training_mid_phase_then_resume(node, api_url, demo_data, tmp_path):
+    """Real Ultralytics: kill -9 after the phase's first epoch checkpoint; the re-run resumes from last.pt."""
+    plan = tmp_path / "plan.yaml"
+    text = (ROOT / "configs" / "fod_plan.yaml").read_text(encoding="utf-8")
+    plan.write_text(text.replace("    force: # over every run, trials included\n      imgsz: 64\n      epochs: 1\n",
+                                 "    force: # over every run, trials included\n      imgsz: 64\n      epochs: 3\n"), encoding="utf-8")  # fmt: skip
+    args = ["--plan", str(plan), "--data", str(demo_data), "--runs-dir", "runs", "--profile", "smoke"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "1", "PREFECT_API_URL": api_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.optimize", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for(f"runs/fod-yolo11m-p2-*/phases/{node}/weights/last.pt", tmp_path, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    first, _ = proc.communicate(timeout=60)
+    time.sleep(2)  # the orphaned training child notices its parent is gone and exits
+    resumed = run(args, api_url, tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"{node}: resuming the interrupted training" in resumed.stdout
+    run_dir, decision = decision_of(tmp_path / "runs")
+    assert decision["terminal"] == "keep_baseline"
+    epochs = trained_epochs(first, resumed.stdout)
+    assert max(epochs.values()) == 1, f"trained twice: {[k for k, n in epochs.items() if n > 1]}"
+    assert {e for (label, e) in epochs if label == node} == {1, 2, 3}
+    phase = next(p for p in decision["phases"] if p["node"] == node)
+    assert phase["epochs_done"] == 3 and phase["status"] == "completed"
+    assert_files_sound(run_dir)
