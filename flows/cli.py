@@ -154,14 +154,16 @@ EPHEMERAL_STARTUP_S = 120
 
 def run_flow(request: OptimizeRequest) -> Decision:
     """Run the flow, giving Prefect's embedded server time to start when no API URL is set."""
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
     from prefect.settings import temporary_settings
 
     from flows.fod_flow import optimize
 
-    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
-        return optimize(request)
-    with temporary_settings({STARTUP: max(STARTUP.value(), EPHEMERAL_STARTUP_S)}):
+    updates: dict = {ANALYTICS: False}  # offline machines: no telemetry errors in the log
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        updates[STARTUP] = max(STARTUP.value(), EPHEMERAL_STARTUP_S)
+    with temporary_settings(updates):
         return optimize(request)
 
 

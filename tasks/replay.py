@@ -183,6 +183,8 @@ def load_replay_spec(path: Path) -> ReplaySpec:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ReplaySpecError(f"{path}: cannot read the replay SPEC ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ReplaySpecError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise ReplaySpecError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):

@@ -95,6 +95,8 @@ class UltralyticsTrainer:
                     return outcome
                 continue
             self._handle(kind, payload, outcome, control, on_epoch)
+            if outcome.finished:
+                return outcome  # the result (or error) is the child's last message
 
     def _handle(self, kind: str, payload: Any, outcome: Outcome, control: Any, on_epoch: Callable) -> None:
         """Dispatch one message of the child."""

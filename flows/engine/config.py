@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.engine.data import check_dataset, fingerprint_dataset
+from flows.engine.data import check_dataset, check_runs_dir, fingerprint_dataset, weights_problem
 from flows.engine.loader import load_plan
 from flows.engine.problems import PlanError, Problem, errors_of
 from flows.engine.resolve import inherited, node_args, resolve_path, trial_args
@@ -117,8 +117,8 @@ def check_models(plan: Plan, source: str, plan_dir: Path, force: dict[str, Any])
             problems.append(Problem(source, f"{where}.model", str(exc)))
             continue
         weights = resolve_path(inherited(plan, name, "pretrained"), plan_dir)
-        if weights is not None and not weights.is_file():
-            problems.append(Problem(source, f"{where}.pretrained", f"weights file {weights} not found"))
+        if weights is not None and (message := weights_problem(weights)):
+            problems.append(Problem(source, f"{where}.pretrained", message))
         imgsz = node_args(plan, name, force).get("imgsz", 640)
         if isinstance(imgsz, int) and (message := check_imgsz(imgsz, model)):
             problems.append(Problem(source, f"{where}.args.imgsz", message))
@@ -146,7 +146,7 @@ def collect_problems(request: OptimizeRequest) -> tuple[Plan | None, dict[str, A
     try:
         plan, force = load_plan(request.plan, request.profile)
     except PlanError as exc:
-        return None, {}, [*exc.problems, *check_dataset(request.data)]
+        return None, {}, [*exc.problems, *check_dataset(request.data), *check_runs_dir(request.runs_dir)]
     force = {**force, **request.overrides}
     problems = check_plan(plan, source)
     if not errors_of(problems):
@@ -155,6 +155,7 @@ def collect_problems(request: OptimizeRequest) -> tuple[Plan | None, dict[str, A
         problems += check_plan_args(plan, source, force)
         problems += check_models(plan, source, request.plan.parent, force)
     problems += check_dataset(request.data)
+    problems += check_runs_dir(request.runs_dir)
     if request.replay is not None:
         problems += check_replay(request, plan)
     return plan, force, problems

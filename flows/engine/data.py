@@ -17,7 +17,9 @@ import hashlib
 import math
 import os
 import shutil
+import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +177,7 @@ def image_problem(image: Path) -> str | None:
     try:
         if image.stat().st_size == 0:
             return "empty file (0 bytes)"
-        with Image.open(image) as im:
+        with unpatched_open(Image)(image) as im:
             im.verify()
             width, height, fmt = im.width, im.height, (im.format or "").lower()
         if min(width, height) < MIN_IMAGE_SIDE:
@@ -187,6 +189,17 @@ def image_problem(image: Path) -> str | None:
         return "not an image (PIL cannot identify it)"
     except Exception as exc:  # PIL raises many kinds for corrupt data
         return f"corrupt image ({type(exc).__name__}: {exc})"
+
+
+def unpatched_open(image_module: Any) -> Callable[..., Any]:
+    """PIL's own ``Image.open``, even after Ultralytics has patched it.
+
+    Ultralytics replaces ``Image.open`` with a wrapper that, on a file PIL cannot identify,
+    tries to install and import ``pi-heif`` (HEIC support): a text file named ``.jpg`` would then
+    fail with "No module named 'pi_heif'" (or attempt a download) instead of "not an image".
+    """
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patches, "_image_open", image_module.open)
 
 
 def truncated_jpeg(image: Path) -> str | None:
