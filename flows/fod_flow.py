@@ -4,7 +4,8 @@ Run it from the command line with ``python -m flows.optimize``.
 
 The flow walks the plan's tree (``flows.engine.walk``) with Prefect tasks as the
 executor: every training, gate, terminal and report is a task run whose name tells the
-plan, the node and the trial.
+plan, the node and the trial. A progress artifact (key ``progress-<plan>``) shows nodes and
+epochs done of planned as the walk goes.
 """
 
 from __future__ import annotations
@@ -30,8 +31,15 @@ from flows.engine.journal import (
 )
 from flows.engine.results import Decision, GateResult, PhaseResult, TrainSpec
 from flows.engine.walk import walk_tree
-from tasks.publish import build_decision, finish_terminal, publish_gate, write_report
-from tasks.train import train_task
+from tasks.publish import (
+    ProgressArtifact,
+    WalkProgress,
+    build_decision,
+    finish_terminal,
+    publish_gate,
+    write_report,
+)
+from tasks.train import cached_train_task
 
 
 class PrefectExecutor:
@@ -49,7 +57,7 @@ class PrefectExecutor:
             name = f"full-{spec.node}"
         else:
             name = f"train-{spec.node}"
-        return train_task.with_options(task_run_name=name)(spec, self.cfg)
+        return cached_train_task(spec).with_options(task_run_name=name)(spec, self.cfg)
 
     def gate(self, result: GateResult) -> None:
         """Publish the gate's table."""
@@ -58,6 +66,31 @@ class PrefectExecutor:
     def enter(self, node: str, index: int) -> None:
         """Log where the walk is."""
         self.logger.info(f"node {index}: {node} ({self.cfg.plan.nodes[node].kind})")
+
+
+class ProgressingExecutor:
+    """The outermost executor: counts nodes and epochs (journalled steps too) into the progress artifact."""
+
+    def __init__(self, inner: JournalingExecutor, artifact: ProgressArtifact):
+        self.inner = inner
+        self.artifact = artifact
+
+    def train(self, spec: TrainSpec) -> PhaseResult:
+        """Train (or take the journalled result), then count its epochs."""
+        result = self.inner.train(spec)
+        self.artifact.progress.trained(spec.node, result.epochs_done)
+        self.artifact.update()
+        return result
+
+    def gate(self, result: GateResult) -> None:
+        """Gates train nothing: passed through."""
+        self.inner.gate(result)
+
+    def enter(self, node: str, index: int) -> None:
+        """Count the node the walk has reached."""
+        self.inner.enter(node, index)
+        self.artifact.progress.enter(node)
+        self.artifact.update()
 
 
 def run_identity(cfg: RunConfig) -> RunIdentity:
@@ -124,7 +157,9 @@ def optimize(request: OptimizeRequest) -> Decision:
     logger.info(f"run folder {run_dir}")
     with locked(run_dir):
         journal = Journal(run_dir)
-        state = walk_tree(cfg, run_dir, JournalingExecutor(PrefectExecutor(cfg), journal, log=logger.info))
+        progress = ProgressArtifact(WalkProgress(cfg.plan, cfg.force))
+        journaling = JournalingExecutor(PrefectExecutor(cfg), journal, log=logger.info)
+        state = walk_tree(cfg, run_dir, ProgressingExecutor(journaling, progress))
         deployed = journal.terminal_done(state.terminal)
         if deployed is None:
             deployed = finish_terminal(cfg, run_dir, state)
@@ -132,5 +167,7 @@ def optimize(request: OptimizeRequest) -> Decision:
             journal.record_terminal(state.terminal, deployed)
         decision = build_decision(cfg, run_dir, state, deployed)
         report = write_report(cfg, run_dir, decision)
+        progress.progress.finish()
+        progress.update()
     logger.info(f"terminal {decision.terminal}; report {report}")
     return decision

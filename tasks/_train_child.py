@@ -8,7 +8,8 @@ queue of ``(kind, payload)`` messages, all plain JSON-like data:
   on the control queue (``("continue",)`` or ``("stop", reason)``), so a stop decided on epoch N
   takes effect before epoch N+1 starts: early stopping is deterministic;
 - ``("log", line)`` for every line of Ultralytics' logger;
-- ``("result", dict)`` once at the end (status ``completed`` or ``diverged``);
+- ``("result", dict)`` once at the end (status ``completed``, ``diverged`` when NaN recoveries ran
+  out, or ``failed`` when an out-of-memory error could not be resolved by halving the batch);
 - ``("error", traceback text)`` instead of a result when anything else raised.
 
 Nothing heavy is imported at module level: the parent imports this module only to name the target.
@@ -233,25 +234,49 @@ def finite(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def clip_norm_of(spec: Any) -> float | None:
+    """The max gradient norm of a run: the phase's, Ultralytics' 10.0 when unset, None when ``off``."""
+    value = spec.grad_clip_norm
+    if value == "off":
+        return None
+    return float(value) if value is not None else ULTRALYTICS_CLIP_NORM
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a device out-of-memory error, the way Ultralytics recognises one."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 def make_trainer_class(session: Session) -> type:
     """A DetectionTrainer that clips at ``grad_clip_norm`` and records what Ultralytics hides.
 
-    Overrides only what it must: ``optimizer_step`` (the clip value), ``_build_train_pipeline``
-    (the nominal accumulation, which warm-up ramps from 1), ``_handle_nan_recovery`` (count every
-    recovery: Ultralytics resets its own counter after each good epoch) and ``final_eval``.
+    Overrides only what it must: ``optimizer_step`` (the clip value, or no clipping),
+    ``_build_train_pipeline`` (the nominal accumulation, which warm-up ramps from 1, and the batch
+    halvings after an out-of-memory error), ``_handle_nan_recovery`` (count every NaN epoch and
+    recovery: Ultralytics resets its own counter after each good epoch), ``preprocess_batch`` (the
+    test-only fake out-of-memory error of ``FOD_FAKE_OOM_ABOVE``) and ``final_eval``.
     """
+    import numpy as np
     import torch
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    clip_norm = session.spec.grad_clip_norm or ULTRALYTICS_CLIP_NORM
+    from flows.engine.faults import FAKE_OOM_ENV, fake_oom_above
+
+    clip_norm = clip_norm_of(session.spec)
+    fake_oom_limit = fake_oom_above()
 
     class FodDetectionTrainer(DetectionTrainer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.grad_clip_norm = clip_norm
-            self.clip_norm_used: float | None = None
+            self.clip_norm_used: float | str | None = None
             self.nominal_accumulate: int | None = None
             self.nan_recoveries = 0
+            self.nan_epochs = 0
+            self.oom_events: list[dict[str, Any]] = []
+            self.pipeline_batch: int | None = None
             self.diverged_reason: str | None = None
             self.in_final_eval = False
             self.final_validated = False
@@ -259,22 +284,55 @@ def make_trainer_class(session: Session) -> type:
                 self.add_callback(event, getattr(session, event))
 
         def optimizer_step(self) -> None:
-            """Ultralytics' step with the clip norm of this phase instead of the hard-coded 10.0."""
+            """Ultralytics' step with this phase's clip norm instead of the hard-coded 10.0 (or none)."""
             self.scaler.unscale_(self.optimizer)
-            foreach = {"foreach": False} if self.device.type == "npu" else {}
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=self.grad_clip_norm, **foreach)
-            self.clip_norm_used = self.grad_clip_norm
+            if self.grad_clip_norm is not None:
+                foreach = {"foreach": False} if self.device.type == "npu" else {}
+                torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), max_norm=self.grad_clip_norm, **foreach
+                )
+            self.clip_norm_used = "off" if self.grad_clip_norm is None else self.grad_clip_norm
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad()
             if self.ema:
                 self.ema.update(self.model)
 
+        def preprocess_batch(self, batch: dict) -> dict:
+            """Move the batch to the device; under ``FOD_FAKE_OOM_ABOVE`` a larger batch runs out of memory.
+
+            This is the hardware boundary: where CUDA would raise ``torch.OutOfMemoryError``.
+            Ultralytics catches it in its training loop exactly as it catches a real one.
+            """
+            size = len(batch["img"])
+            if fake_oom_limit is not None and size > fake_oom_limit:
+                raise torch.OutOfMemoryError(
+                    f"CUDA out of memory. Tried to allocate a batch of {size} images "
+                    f"(faked by {FAKE_OOM_ENV}={fake_oom_limit})"
+                )
+            return super().preprocess_batch(batch)
+
         def _build_train_pipeline(self) -> None:
+            before = self.pipeline_batch
             super()._build_train_pipeline()
             self.nominal_accumulate = int(self.accumulate)
+            self.pipeline_batch = int(self.batch_size)
+            if before is not None and self.batch_size < before:  # rebuilt after an out-of-memory error
+                self.oom_events.append(
+                    {
+                        "epoch": int(getattr(self, "epoch", 0)) + 1,
+                        "batch": before,
+                        "retry_batch": int(self.batch_size),
+                        "accumulate": int(self.accumulate),
+                        "message": f"out of memory at batch {before}; Ultralytics halved it to "
+                        f"{self.batch_size} with {self.accumulate} accumulation steps",
+                    }
+                )
 
         def _handle_nan_recovery(self, epoch: int) -> bool:
+            loss_bad = self.loss is not None and not bool(torch.isfinite(self.loss).all())
+            fitness_bad = self.fitness is not None and not np.isfinite(self.fitness)
+            self.nan_epochs += int(loss_bad or fitness_bad)
             try:
                 recovered = super()._handle_nan_recovery(epoch)
             except RuntimeError as exc:
@@ -292,6 +350,25 @@ def make_trainer_class(session: Session) -> type:
                 self.in_final_eval = False
 
     return FodDetectionTrainer
+
+
+def out_of_memory_reason(trainer: Any, exc: BaseException) -> str:
+    """Why the run failed: the batch at which memory ran out and the halvings tried before."""
+    batch = int(trainer.batch_size)
+    epoch = int(getattr(trainer, "epoch", 0)) + 1
+    halvings = [e["batch"] for e in trainer.oom_events]
+    tried = " → ".join(str(b) for b in [*halvings, batch])
+    if halvings:
+        after = f" after {len(halvings)} automatic halving(s) of the batch ({tried})"
+    elif epoch > 1:
+        after = " (Ultralytics halves the batch only in the first epoch)"
+    else:
+        after = ""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"out of memory at batch {batch} in epoch {epoch}{after}; lower batch or imgsz "
+        f"(keep effective_batch): {first[:300]}"
+    )
 
 
 def train_args(spec: Any, device: str | None) -> dict[str, Any]:
@@ -321,7 +398,7 @@ def nvml_index(device: str | None) -> int | None:
 
 
 def train(spec: Any, device: str | None, channel: Channel) -> dict[str, Any]:
-    """Build the model, train it and return the result payload (status completed or diverged)."""
+    """Build the model, train it and return the result payload (status completed, diverged or failed)."""
     from ultralytics import YOLO
 
     from tasks.vram import PeakSampler, VramProbe
@@ -345,11 +422,23 @@ def train(spec: Any, device: str | None, channel: Channel) -> dict[str, Any]:
             if spec.pretrained:
                 model.load(str(spec.pretrained))  # transfers the layers whose names and shapes match
             model.train(trainer=make_trainer_class(session), **args)
-    except RuntimeError:
+    except RuntimeError as exc:
         trainer = model.trainer if model is not None else None
-        if trainer is None or not getattr(trainer, "diverged_reason", None):
+        if trainer is not None and getattr(trainer, "diverged_reason", None):
+            status, reason = "diverged", str(trainer.diverged_reason)
+        elif trainer is not None and hasattr(trainer, "oom_events") and is_out_of_memory(exc):
+            status, reason = "failed", out_of_memory_reason(trainer, exc)
+            trainer.oom_events.append(
+                {
+                    "epoch": int(getattr(trainer, "epoch", 0)) + 1,
+                    "batch": int(trainer.batch_size),
+                    "retry_batch": None,
+                    "accumulate": trainer.nominal_accumulate,
+                    "message": reason,
+                }
+            )
+        else:
             raise
-        status, reason = "diverged", str(trainer.diverged_reason)
     finally:
         peak = sampler.stop() if sampler is not None else None
     return result_payload(model.trainer, session, args, status, reason, peak)  # type: ignore[union-attr]
@@ -367,7 +456,7 @@ def result_payload(
     trainer: Any, session: Session, args: dict, status: str, reason: str | None, nvml_peak: float | None
 ) -> dict[str, Any]:
     """Everything the parent turns into a PhaseResult, as plain data."""
-    final = box_metrics(trainer.metrics or {}) if trainer.final_validated and status != "diverged" else {}
+    final = box_metrics(trainer.metrics or {}) if trainer.final_validated and status == "completed" else {}
     speed = getattr(trainer.validator, "speed", None) or {}
     batch_used = int(trainer.batch_size)
     accumulate = trainer.nominal_accumulate
@@ -385,6 +474,8 @@ def result_payload(
         "final_validated": bool(trainer.final_validated),
         "inference_ms": finite(speed.get("inference")) if final else None,
         "nan_recoveries": int(trainer.nan_recoveries),
+        "nan_epochs": int(trainer.nan_epochs),
+        "oom_events": list(trainer.oom_events),
         "batch_used": batch_used,
         "accumulate": accumulate,
         "effective_batch": batch_used * accumulate if accumulate else None,

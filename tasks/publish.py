@@ -6,25 +6,154 @@ Artifacts carry stable keys (plan + node), so the Prefect UI can compare runs of
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from flows.engine.config import RunConfig
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import write_text_once
 from flows.engine.registry import baseline_record, deploy
 from flows.engine.report import plot_curves, render_report
+from flows.engine.resolve import planned_epochs
 from flows.engine.results import Decision, GateResult
-from flows.engine.schema import SearchNode
-from flows.engine.tree import tree_view
+from flows.engine.schema import Plan, SearchNode
+from flows.engine.tree import successors, tree_view
 from flows.engine.walk import WalkState
 
 
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+UNFINISHED_MAX = 99.0
+"""The progress bar shows 100 only when the walk has finished (the last epochs are not the last step)."""
+
+
+@dataclass
+class WalkProgress:
+    """Nodes and epochs done of planned, for the flow's progress artifact.
+
+    Which branch the walk takes is known only at the gates, so "planned" is what is done plus the
+    longest remaining branch (epochs of the worst case, as ``--dry-run`` prints them). It shrinks
+    as gates decide, a node that trained fewer epochs than planned (an early stop) counts what it
+    did, and at the terminal done equals planned: 100 %.
+    """
+
+    plan: Plan
+    force: dict[str, Any] = field(default_factory=dict)
+    path: list[str] = field(default_factory=list)
+    epochs: dict[str, int] = field(default_factory=dict)
+    finished: bool = False
+    _memo: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+
+    def enter(self, node: str) -> None:
+        """The walk reached ``node``."""
+        self.path.append(node)
+
+    def trained(self, node: str, epochs: int) -> None:
+        """A training of ``node`` (a phase, a trial or a full run) ended after ``epochs`` epochs."""
+        self.epochs[node] = self.epochs.get(node, 0) + max(epochs, 0)
+
+    def finish(self) -> None:
+        """The walk ended at its terminal."""
+        self.finished = True
+
+    @property
+    def nodes_done(self) -> int:
+        """Nodes the walk has left (all of its path once it has finished)."""
+        return len(self.path) if self.finished else max(len(self.path) - 1, 0)
+
+    @property
+    def nodes_planned(self) -> int:
+        """Nodes done, plus the current node and the longest branch after it."""
+        if not self.path:
+            return self._longest(self.plan.start)[0]
+        return len(self.path) + (0 if self.finished else self._after(self.path[-1])[0])
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs trained so far (resumed and journalled trainings included)."""
+        return sum(self.epochs.values())
+
+    @property
+    def epochs_planned(self) -> int:
+        """Epochs done, plus what the current node still plans, plus the longest branch after it."""
+        if not self.path:
+            return self._longest(self.plan.start)[1]
+        if self.finished:
+            return self.epochs_done
+        current = self.path[-1]
+        left = max(self._epochs_of(current) - self.epochs.get(current, 0), 0)
+        return self.epochs_done + left + self._after(current)[1]
+
+    @property
+    def percent(self) -> float:
+        """Progress by epochs (by nodes for a plan that trains nothing); 100 only once finished."""
+        if self.finished:
+            return 100.0
+        done, planned = (self.epochs_done, self.epochs_planned)
+        if planned == 0:
+            done, planned = self.nodes_done, self.nodes_planned
+        return min(100.0 * done / planned, UNFINISHED_MAX) if planned else 0.0
+
+    def describe(self) -> str:
+        """One line for the artifact's description."""
+        text = (
+            f"{self.plan.plan}: {self.nodes_done} of {self.nodes_planned} nodes, "
+            f"{self.epochs_done} of {self.epochs_planned} epochs done"
+        )
+        if self.finished:
+            return f"{text}; terminal {self.path[-1]}"
+        return f"{text}; at {self.path[-1]}" if self.path else text
+
+    def _epochs_of(self, node: str) -> int:
+        return planned_epochs(self.plan, node, self.force)[1]
+
+    def _next(self, node: str) -> list[str]:
+        return [target for target in successors(self.plan, node) if target in self.plan.nodes]
+
+    def _after(self, node: str) -> tuple[int, int]:
+        """(nodes, epochs) of the longest branch after ``node``; each is its own maximum."""
+        branches = [self._longest(target) for target in self._next(node)]
+        return (max((b[0] for b in branches), default=0), max((b[1] for b in branches), default=0))
+
+    def _longest(self, node: str) -> tuple[int, int]:
+        """(nodes, epochs) of the longest branch from ``node`` to a terminal, ``node`` included."""
+        if node not in self._memo:  # the tree is acyclic (validated), so this ends
+            nexts = [self._longest(target) for target in self._next(node)]
+            self._memo[node] = (
+                1 + max((n for n, _ in nexts), default=0),
+                self._epochs_of(node) + max((e for _, e in nexts), default=0),
+            )
+        return self._memo[node]
+
+
+class ProgressArtifact:
+    """The flow's progress artifact (key ``progress-<plan>``), created once and moved as the walk goes."""
+
+    def __init__(self, progress: WalkProgress) -> None:
+        self.progress = progress
+        self.key = artifact_key("progress", progress.plan.plan)
+        self.id: UUID = create_progress_artifact(
+            progress=progress.percent, key=self.key, description=progress.describe()
+        )
+
+    def update(self) -> None:
+        """Publish the current figures."""
+        update_progress_artifact(
+            self.id, progress=self.progress.percent, description=self.progress.describe()
+        )
 
 
 @task(name="gate", task_run_name="gate-{result.node}")

@@ -3,18 +3,29 @@
 A thin shell: the trainer does the work (a child process for Ultralytics, or a replay);
 this task turns each ``EpochEvent`` into a log line, a progress update and monitor
 warnings, and saves the ``PhaseResult`` beside the run's weights.
+
+Prefect caching: ``cached_train_task(spec)`` is ``train_task`` with a cache key built from the
+resolved training (every argument, model, data, effective batch, clip norm, run folder), the
+dataset's fingerprint, the trainer (and replay SPEC) and the code version, and with its result
+persisted as JSON inside the training's own folder. Calling it again for a training that finished
+returns the stored ``PhaseResult`` without training. The run journal stays the source of truth
+(see docs/RELIABILITY.md): it is consulted first, and it also records gates and terminals.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.engine.config import RunConfig
 from flows.engine.fsutil import atomic_write_text
+from flows.engine.journal import code_version
 from flows.engine.monitors import MonitorHit, StopTraining, check_monitors
 from flows.engine.results import EpochEvent, PhaseResult, TrainSpec
 from flows.engine.schema import Monitor, SearchNode, TrainNode
@@ -147,3 +158,56 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
         f"epochs {result.epochs_done}/{result.epochs_planned}"
     )
     return result
+
+
+RESULTS_FOLDER = ".prefect-results"
+"""Where ``cached_train_task`` persists its result: inside the training's own folder of the run."""
+
+
+def replay_fingerprint(cfg: RunConfig) -> str | None:
+    """A hash of the replay SPEC's text (a changed SPEC replays something else), or None."""
+    if cfg.request.replay is None:
+        return None
+    try:
+        return hashlib.sha256(Path(cfg.request.replay).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "unreadable"
+
+
+def train_cache_key_of(spec: TrainSpec, cfg: RunConfig, version: str | None = None) -> str:
+    """The cache key of one training: equal exactly when the same training would run again.
+
+    It covers the resolved settings (the whole ``TrainSpec``: model, pretrained weights, data path,
+    every Ultralytics argument, effective batch, clip norm, and the run folder, so another run never
+    shares a result), the dataset's content fingerprint, the trainer and replay SPEC, and the code
+    version. ``resume_from`` is left out: a resumed training is the same training.
+    """
+    document = {
+        "spec": spec.model_dump(mode="json", exclude={"resume_from"}),
+        "run_dir": str(Path(spec.run_dir).resolve()),
+        "data_fingerprint": cfg.data_fingerprint,
+        "trainer": cfg.trainer,
+        "replay": replay_fingerprint(cfg),
+        "code_version": version or code_version(),
+    }
+    digest = hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+    return f"train-{spec.node}-{digest[:32]}"
+
+
+def train_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Prefect ``cache_key_fn`` of ``train_task``."""
+    spec, cfg = parameters.get("spec"), parameters.get("cfg")
+    if not isinstance(spec, TrainSpec) or not isinstance(cfg, RunConfig):
+        return None  # not cacheable: run it
+    return train_cache_key_of(spec, cfg)
+
+
+def cached_train_task(spec: TrainSpec) -> Any:
+    """``train_task`` with Prefect result persistence and caching, its results stored in the run folder."""
+    return train_task.with_options(
+        cache_key_fn=train_cache_key,
+        persist_result=True,
+        result_storage=Path(spec.run_dir).resolve() / RESULTS_FOLDER,
+        result_serializer="json",
+        cache_result_in_memory=False,
+    )

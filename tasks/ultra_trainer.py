@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.engine.monitors import StopTraining
-from flows.engine.records import median_after_first
+from flows.engine.records import RecordError, median_after_first, read_results_csv
 from flows.engine.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
 
 LOG = logging.getLogger(__name__)
@@ -62,10 +62,13 @@ class UltralyticsTrainer:
             name=f"train-{spec.node}" + (f"-{spec.trial}" if spec.trial is not None else ""),
         )  # not a daemon: Ultralytics' dataloader workers are processes of their own
         started = time.time()
+        outcome = Outcome(earlier_epochs(spec))
         with offline_environment():
             process.start()
+        # The pid lets an operator (and the cancel test) see that the child ends with the flow run.
+        self.log(f"training process {process.name} started, pid {process.pid}")
         try:
-            outcome = self._follow(process, messages, control, on_epoch)
+            outcome = self._follow(process, messages, control, on_epoch, outcome)
         except BaseException:
             terminate(process)
             raise
@@ -78,9 +81,10 @@ class UltralyticsTrainer:
             terminate(process)
         return build_result(spec, outcome, exitcode=process.exitcode, wall_s=time.time() - started)
 
-    def _follow(self, process: Any, messages: Any, control: Any, on_epoch: Callable) -> Outcome:
+    def _follow(
+        self, process: Any, messages: Any, control: Any, on_epoch: Callable, outcome: Outcome
+    ) -> Outcome:
         """Read the child's messages until it has exited; answer every epoch event."""
-        outcome = Outcome()
         dead_since: float | None = None
         while True:
             try:
@@ -129,8 +133,8 @@ class UltralyticsTrainer:
 class Outcome:
     """What the parent learned from the child: epochs, the result or the error."""
 
-    def __init__(self) -> None:
-        self.records: dict[int, EpochRecord] = {}
+    def __init__(self, earlier: tuple[EpochRecord, ...] = ()) -> None:
+        self.records: dict[int, EpochRecord] = {record.epoch: record for record in earlier}
         self.payload: dict[str, Any] | None = None
         self.error: str | None = None
         self.stop_reason: str | None = None
@@ -148,6 +152,23 @@ class Outcome:
     def history(self) -> tuple[EpochRecord, ...]:
         """Epoch records in order."""
         return tuple(self.records[e] for e in sorted(self.records))
+
+
+def earlier_epochs(spec: TrainSpec) -> tuple[EpochRecord, ...]:
+    """Epochs an interrupted run finished before ``spec.resume_from``, from its results.csv.
+
+    Ultralytics' resume trains (and reports) only the epochs after the checkpoint, so a resumed
+    phase's history and ``epochs_done`` start from these rows. An epoch written to results.csv
+    after the last checkpoint is trained again and its new record replaces the old one.
+    """
+    if spec.resume_from is None:
+        return ()
+    csv = Path(spec.run_dir) / "results.csv"
+    try:
+        return read_results_csv(csv) if csv.is_file() else ()
+    except RecordError as exc:
+        LOG.warning("ignoring the interrupted run's %s: %s", csv, exc)
+        return ()
 
 
 @contextlib.contextmanager
@@ -208,6 +229,8 @@ def build_result(spec: TrainSpec, outcome: Outcome, *, exitcode: int | None, wal
         reason=reason,
         metrics=ValMetrics(**payload.get("metrics", {})),
         nan_recoveries=payload.get("nan_recoveries", 0),
+        nan_epochs=payload.get("nan_epochs", 0),
+        oom_events=payload.get("oom_events", ()),
         diverged=status == "diverged",
         batch_used=payload.get("batch_used"),
         accumulate=payload.get("accumulate"),

@@ -1,16 +1,24 @@
 """The deployments as Prefect users run them: a real server, `prefect deploy --all`, a process worker.
 
-One server (``prefect server start``, SQLite, its own PREFECT_HOME in a temporary folder, on a free
-loopback port) and one ``prefect worker start --pool gpu-pool`` serve the whole module. Flow runs
+One server (``prefect server start``, its own PREFECT_HOME in a temporary folder, on a free loopback
+port, basic auth on) and one ``prefect worker start --pool gpu-pool`` serve the whole module. Flow runs
 use the replay trainer, so each walks the shipped plan in seconds without training.
 
-Set ``FOD_UI_SCREENSHOT=docs/img/ui-run.png`` (and have Debian's ``chromium``) to save a screenshot
-of the finished run's page in the Prefect UI before the server stops (docs/operations.md uses it).
+The server's database is SQLite, or with ``FOD_TEST_DB=postgres`` a throwaway PostgreSQL cluster
+that the fixture creates (``initdb`` into a temporary folder, ``pg_ctl start`` on a free loopback
+port; Debian's ``postgresql`` package; the tests skip with the reason when it is missing).
+``.ci/run`` runs this module both ways.
+
+Headless Chromium (Debian's ``chromium``) logs in to the UI and saves a screenshot of a finished run
+as a test artifact; ``FOD_UI_SCREENSHOT=docs/img/ui-run.png`` also copies it there (with
+``ui-run-artifacts.png`` beside it) for docs/operations.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
 import re
@@ -19,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -39,7 +48,10 @@ SERVER_START_S = 240
 RUN_DEADLINE_S = 300
 BAD_PLAN = "configs/no_such_plan.yaml"
 AUTH = "fod:test-only-secret"
-"""Basic auth on, as docker/compose.yaml runs the server (off only for a UI screenshot: the UI would ask)."""
+"""Basic auth on, as docker/compose.yaml runs the server (the headless browser logs in like a user)."""
+DB_ENV = "FOD_TEST_DB"
+"""``postgres``: the servers of these tests run on a throwaway PostgreSQL cluster instead of SQLite."""
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @dataclass
@@ -67,7 +79,7 @@ def stack_env(home: Path, url: str) -> dict[str, str]:
         PREFECT_API_URL=url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
-        PREFECT_UI_ENABLED="true" if screenshot_wanted() else "false",
+        PREFECT_UI_ENABLED="true",
         # A queued run asks for its slot again after this many seconds (default 30).
         PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2",
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
@@ -77,15 +89,10 @@ def stack_env(home: Path, url: str) -> dict[str, str]:
         FOD_PROJECT_DIR=str(ROOT),
         YOLO_OFFLINE="1",
         MPLBACKEND="Agg",
+        PREFECT_SERVER_API_AUTH_STRING=AUTH,
+        PREFECT_API_AUTH_STRING=AUTH,
     )
-    if not screenshot_wanted():
-        env.update(PREFECT_SERVER_API_AUTH_STRING=AUTH, PREFECT_API_AUTH_STRING=AUTH)
     return env
-
-
-def screenshot_wanted() -> bool:
-    """FOD_UI_SCREENSHOT names where to save the UI screenshot."""
-    return bool(os.environ.get("FOD_UI_SCREENSHOT"))
 
 
 def start(
@@ -172,6 +179,106 @@ def deploy_all(env: dict[str, str], logs: Path) -> None:
     )
 
 
+def postgres_bindir() -> Path | None:
+    """The newest Debian PostgreSQL server binaries (initdb, pg_ctl, postgres), or any on PATH."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda d: d.parent.name, reverse=True)
+    if initdb := shutil.which("initdb"):
+        candidates.append(Path(initdb).parent)
+    for folder in candidates:
+        if all((folder / name).is_file() for name in ("initdb", "pg_ctl", "postgres")):
+            return folder
+    return None
+
+
+def database_kind() -> str:
+    """``sqlite`` (the default) or ``postgres``, from FOD_TEST_DB."""
+    kind = os.environ.get(DB_ENV, "sqlite").strip().lower() or "sqlite"
+    if kind not in ("sqlite", "postgres"):
+        raise ValueError(f"{DB_ENV}={kind!r}: use sqlite or postgres")
+    return kind
+
+
+@contextmanager
+def postgres_cluster(logs: Path) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free loopback port; yields Prefect's connection URL.
+
+    The cluster lives in a folder of its own under the system temporary folder (pytest's folders
+    are private to root, and PostgreSQL refuses to run as root: as root it runs as the
+    ``postgres`` user, else ``nobody``). Trust authentication, loopback only, fsync off: it holds
+    nothing worth keeping and is deleted afterwards.
+    """
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip(f"{DB_ENV}=postgres: no PostgreSQL server binaries (apt-get install -y postgresql)")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="fod-pg-"))
+    if os.geteuid() == 0:
+        user = "postgres" if _user_exists("postgres") else "nobody"
+        shutil.chown(folder, user)
+        as_user = ["runuser", "-u", user, "--"]
+    data, sockets, port = folder / "data", folder, free_port()
+    log = logs / "postgres.log"
+
+    def pg(*args: str, timeout: float = 120) -> None:
+        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=timeout, check=False)
+        assert done.returncode == 0, (
+            f"{' '.join(args[:2])} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
+
+    options = f"-h 127.0.0.1 -p {port} -k {sockets} -c fsync=off -c full_page_writes=off"
+    try:
+        pg(
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "prefect",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        pg(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
+        yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            with contextlib.suppress(Exception):
+                pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop", timeout=60)
+        with contextlib.suppress(OSError):
+            shutil.copyfile(folder / "server.log", log)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@contextmanager
+def database(logs: Path) -> Iterator[dict[str, str]]:
+    """The server's database settings: SQLite in PREFECT_HOME, or a throwaway PostgreSQL cluster."""
+    if database_kind() == "sqlite":
+        yield {}
+        return
+    with postgres_cluster(logs) as url:
+        yield {"PREFECT_API_DATABASE_CONNECTION_URL": url}
+
+
 @contextmanager
 def running_server(base: Path) -> Iterator[tuple[Stack, list[subprocess.Popen[bytes]]]]:
     """`prefect server start` in its own home, this process's client pointed at it; stopped on exit."""
@@ -184,32 +291,40 @@ def running_server(base: Path) -> Iterator[tuple[Stack, list[subprocess.Popen[by
     url = f"http://127.0.0.1:{port}/api"
     env = stack_env(home, url)
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        server_log = logs / "server.log"
-        server = ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
-        procs.append(start(server, env, server_log, base))
-        wait_healthy(url, procs[0], server_log)
-        updates: dict[Any, Any] = {PREFECT_API_URL: url}
-        if "PREFECT_API_AUTH_STRING" in env:
-            updates[PREFECT_API_AUTH_STRING] = env["PREFECT_API_AUTH_STRING"]
-        with temporary_settings(updates):
-            yield Stack(url=url, env=env, home=home, logs=logs), procs
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
+    with database(logs) as db_env:
+        try:
+            server_log = logs / "server.log"
+            server = ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
+            procs.append(start(server, {**env, **db_env}, server_log, base))
+            wait_healthy(url, procs[0], server_log)
+            updates: dict[Any, Any] = {
+                PREFECT_API_URL: url,
+                PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],
+            }
+            with temporary_settings(updates):
+                yield Stack(url=url, env=env, home=home, logs=logs), procs
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Server + work pool + deployments from prefect.yaml + a worker; every process ends at teardown."""
-    with running_server(tmp_path_factory.mktemp("prefect-stack")) as (stack, procs):
+@contextmanager
+def deployed_stack(base: Path) -> Iterator[Stack]:
+    """Server + work pool + deployments from prefect.yaml + a worker; every process ends on exit."""
+    with running_server(base) as (stack, procs):
         create_pool(stack.url)
         # The worker starts from a folder outside the checkout: the pull step must find the project.
         worker = ["worker", "start", "--pool", POOL]
         procs.append(start(worker, stack.env, stack.logs / "worker.log", stack.home.parent))
         deploy_all(stack.env, stack.logs)
         yield stack
-        screenshot_if_asked(stack.url)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The module's server, pool, deployments and worker."""
+    with deployed_stack(tmp_path_factory.mktemp("prefect-stack")) as deployed:
+        yield deployed
 
 
 def read_deployment(name: str) -> Any:
@@ -281,6 +396,17 @@ def read_logs(run_id: Any) -> list[str]:
     return asyncio.run(read())
 
 
+def wait_for_logs(run_id: Any, needle: str, timeout_s: float = 30) -> list[str]:
+    """The run's log lines once one holds ``needle`` (a flow process ships its logs in batches, after
+    its state may already be final), or whatever there is at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    lines = read_logs(run_id)
+    while not any(needle in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(1)
+        lines = read_logs(run_id)
+    return lines
+
+
 def trigger(request: dict[str, Any]) -> Any:
     """Create a run of on-demand with these parameters; return at once."""
     from prefect.deployments import run_deployment
@@ -304,55 +430,174 @@ def request_for(data: Path, runs: Path, replay: str, plan: str = "configs/fod_pl
     return {"plan": plan, "data": str(data), "runs_dir": str(runs), "replay": replay}
 
 
-def screenshot_if_asked(url: str) -> None:
-    """Save the UI page of the newest completed run to $FOD_UI_SCREENSHOT (needs `chromium`)."""
-    target = os.environ.get("FOD_UI_SCREENSHOT")
-    chromium = shutil.which("chromium")
-    if not target or chromium is None:
-        return
+def read_artifacts(run_id: Any, key: str) -> list[Any]:
+    """The flow run's artifacts with this key (every version it created)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    async def newest_completed() -> Any:
+    async def read() -> list[Any]:
         async with get_client() as client:
-            done = FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])
+                )
             )
-            runs = await client.read_flow_runs(flow_run_filter=done, sort=FlowRunSort.END_TIME_DESC, limit=1)
-            return runs[0] if runs else None
 
-    run = asyncio.run(newest_completed())
-    if run is None:
-        return
-    ui = url.removesuffix("/api")
-    for suffix, tab in (("", ""), ("-artifacts", "?tab=Artifacts")):
-        path = Path(target)
-        path = path.with_name(f"{path.stem}{suffix}{path.suffix}")
-        profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"chromium-{os.getpid()}"
-        subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                "--virtual-time-budget=15000",
-                f"--screenshot={path.resolve()}",
-                "--window-size=1400,900",
-                f"{ui}/runs/flow-run/{run.id}{tab}",
-            ],
-            capture_output=True,
-            timeout=120,
-            check=False,
+    return asyncio.run(read())
+
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
+)
+"""Headless, and nothing that reaches outside the machine (the network here is closed)."""
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol: one page, navigate, read text, screenshot.
+
+    ``--screenshot`` alone cannot log in: with basic auth on, the Prefect UI keeps the password in
+    the page's localStorage (``prefect-password``), so the page must run one line of script first.
+    """
+
+    def __init__(self, profile: Path, log: Path) -> None:
+        from websockets.sync.client import connect
+
+        assert CHROMIUM is not None
+        args = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"]
+        self.proc = start(args, {**os.environ}, log, profile.parent, program=Path(CHROMIUM))
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                stop(self.proc)
+                pytest.fail(f"chromium did not open its DevTools port:\n{tail(log)}")
+            time.sleep(0.2)
+        port = port_file.read_text().split()[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
+            pages = [t for t in json.load(resp) if t["type"] == "page"]
+        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        self.calls = 0
+        self.call(
+            "Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False
         )
-        shutil.rmtree(profile, ignore_errors=True)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """One DevTools command; events that arrive meanwhile are skipped."""
+        self.calls += 1
+        self.ws.send(json.dumps({"id": self.calls, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv(timeout=60))
+            if message.get("id") == self.calls:
+                assert "error" not in message, f"{method}: {message['error']}"
+                return message.get("result", {})
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a script expression in the page."""
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def goto(self, url: str) -> None:
+        """Load a page and wait for its document (the SPA then renders on its own)."""
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + 60
+        while self.evaluate("document.readyState") != "complete" and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def click_tab(self, label: str, *, click: bool = True) -> bool:
+        """Click the page's tab with this label (or only scroll to it) and bring it to the window's top."""
+        script = f"""(() => {{
+            const tab = [...document.querySelectorAll('[role=tab], button, a, li')]
+                .find(e => e.innerText && e.innerText.trim() === {json.dumps(label)});
+            if (!tab) return false;
+            if ({json.dumps(click)}) tab.click();
+            tab.scrollIntoView({{block: 'start'}});
+            return true;
+        }})()"""
+        return bool(self.evaluate(script))
+
+    def text(self) -> str:
+        """What the page shows, as text."""
+        return self.evaluate("document.body ? document.body.innerText : ''") or ""
+
+    def wait_for(self, *needles: str, timeout_s: float = 90) -> str:
+        """Wait until the page shows every needle; return its text (whatever it is at the deadline)."""
+        deadline = time.monotonic() + timeout_s
+        text = self.text()
+        while not all(n in text for n in needles) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            text = self.text()
+        return text
+
+    def screenshot(self, path: Path) -> Path:
+        """Save what the page shows as a PNG."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+        return path
+
+    def close(self) -> None:
+        """Close the connection and end the browser's process group."""
+        with contextlib.suppress(Exception):
+            self.ws.close()
+        stop(self.proc)
+
+
+def log_in(browser: Browser, ui: str, auth: str) -> None:
+    """What a user does once per browser: give the UI the server's user:password."""
+    browser.goto(f"{ui}/")
+    browser.evaluate(
+        f"localStorage.setItem('prefect-password', {json.dumps(base64.b64encode(auth.encode()).decode())})"
+    )
+
+
+GRAPH_BOX = (300, 130, 1200, 440)
+"""Where the run page draws its task graph (window 1400x900): one flat colour until it is drawn."""
+
+
+def colours(path: Path, box: tuple[int, int, int, int] | None = None) -> int:
+    """How many distinct colours the PNG has (in ``box`` only, when given)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        region = image.convert("RGB").crop(box) if box else image.convert("RGB")
+        return len(region.getcolors(maxcolors=1 << 20) or [])
+
+
+def settled_screenshot(browser: Browser, path: Path, timeout_s: float = 60) -> Path:
+    """A screenshot once the task graph is drawn and has stopped moving (it is a canvas that zooms in).
+
+    Drawn: many colours in the graph's box; settled: the box unchanged over two shots a second apart.
+    """
+    from PIL import Image
+
+    def graph() -> bytes:
+        with Image.open(browser.screenshot(path)) as image:
+            return image.convert("RGB").crop(GRAPH_BOX).tobytes()
+
+    deadline = time.monotonic() + timeout_s
+    before = graph()
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = graph()
+        if now == before and colours(path, GRAPH_BOX) >= 20:
+            return path
+        before = now
+    pytest.fail(f"the run's task graph was not drawn and settled within {timeout_s} s (see {path})")
+
+
+def assert_real_image(path: Path) -> None:
+    """A PNG of the window's size with many colours: a rendered page, not a blank or black one."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (1400, 900), (image.format, image.size)
+    assert colours(path) > 50, f"{path}: only {colours(path)} colours, a blank page?"
 
 
 # --- tests without a server -------------------------------------------------------------------------
@@ -417,6 +662,27 @@ def test_serve_rejects_a_file_without_the_flow(tmp_path):
         load_deployment_configs(other)
 
 
+def test_walk_progress_counts_nodes_and_epochs_of_the_longest_branch():
+    """The flow's progress: planned = done + the longest branch still possible; 100 % only at the end."""
+    from flows.engine.loader import load_plan
+    from tasks.publish import WalkProgress
+
+    plan, force = load_plan(ROOT / "configs" / "fod_plan.yaml")
+    progress = WalkProgress(plan, force)
+    # The longest branch: phase1 (100), phase2 (100), phase3 (9 trials x 20 + a full run of 100).
+    assert (progress.nodes_planned, progress.epochs_planned, progress.percent) == (7, 480, 0.0)
+    progress.enter("phase1")
+    progress.trained("phase1", 60)  # stopped early: counts what it did
+    progress.enter("gate1")
+    assert (progress.nodes_done, progress.epochs_done, progress.epochs_planned) == (1, 60, 440)
+    progress.enter("deploy_phase1")  # the gate passed: the planned branch shrinks to what was walked
+    assert (progress.nodes_planned, progress.epochs_planned) == (3, 60)
+    assert progress.percent < 100, "100 only once the run has finished"
+    progress.finish()
+    assert progress.percent == 100.0
+    assert progress.describe() == "fod-yolo11m-p2: 3 of 3 nodes, 60 of 60 epochs done; terminal deploy_phase1"
+
+
 # --- tests on a real server with a real worker --------------------------------------------------------
 
 
@@ -438,10 +704,18 @@ def test_deployments_are_applied_as_declared(stack):
         assert "OptimizeRequest" in d.parameter_openapi_schema["definitions"]
 
 
+def test_server_runs_on_the_database_asked_for(stack):
+    """SQLite keeps its file in PREFECT_HOME; with FOD_TEST_DB=postgres there is none (PostgreSQL holds it all)."""
+    sqlite_file = stack.home / "prefect.db"
+    if database_kind() == "postgres":
+        assert not sqlite_file.exists()
+    else:
+        assert sqlite_file.is_file()
+    assert read_deployment("fod-optimize/on-demand").work_pool_name == POOL
+
+
 def test_api_needs_the_auth_string(stack):
     """Basic auth is on (as in compose.yaml): no credentials, 401; health stays open for probes."""
-    if "PREFECT_API_AUTH_STRING" not in stack.env:
-        pytest.skip("basic auth is off while taking a UI screenshot")
     with urllib.request.urlopen(f"{stack.url}/health", timeout=10) as resp:
         assert resp.status == 200
     with pytest.raises(urllib.error.HTTPError) as err:
@@ -481,7 +755,7 @@ def test_bad_plan_fails_fast_with_one_line(stack, demo_data, tmp_path):
     assert (run.end_time - run.start_time).total_seconds() < 60
     message = run.state.message or ""
     assert "PlanError" in message and BAD_PLAN in message, message
-    assert any(BAD_PLAN in line for line in read_logs(run.id))
+    assert any(BAD_PLAN in line for line in wait_for_logs(run.id, BAD_PLAN)), read_logs(run.id)
     assert not runs.exists() or not any(runs.iterdir()), "nothing may be written for a bad request"
 
 
@@ -516,6 +790,62 @@ def test_runs_of_one_deployment_never_overlap(two_runs):
     assert first.end_time <= second.start_time, (first.start_time, first.end_time, second.start_time)
     waited = [s.name for run, _ in two_runs for s in read_states(run.id)]
     assert "AwaitingConcurrencySlot" in waited, waited
+
+
+@needs_shared
+def test_progress_artifact_ends_at_100(two_runs):
+    """Each run has one progress artifact (key progress-<plan>) at 100 saying nodes and epochs done of planned."""
+    for run, runs in two_runs:
+        [artifact] = read_artifacts(run.id, "progress-fod-yolo11m-p2")
+        assert artifact.type == "progress" and artifact.data == 100, artifact
+        decision = json.loads(next(runs.glob("*/decision.json")).read_text(encoding="utf-8"))
+        nodes = len(decision["path"])
+        epochs = sum(p["epochs_done"] for p in [*decision["phases"], *decision["trials"]])
+        expected = (
+            f"{nodes} of {nodes} nodes, {epochs} of {epochs} epochs done; terminal {decision['terminal']}"
+        )
+        assert expected in artifact.description, artifact.description
+
+
+@needs_shared
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_ui_shows_a_finished_run(stack, two_runs, tmp_path):
+    """Headless Chromium logs in to the server's UI and shows a finished run; the screenshot is kept.
+
+    Saved under the test's temporary folder, and also where FOD_UI_SCREENSHOT says (for the docs).
+    """
+    run, _ = two_runs[1]  # deploy_phase1: gate, deploy and report
+    ui = stack.url.removesuffix("/api")
+    browser = Browser(tmp_path / "chromium-profile", stack.logs / "chromium.log")
+    try:
+        log_in(browser, ui, stack.env["PREFECT_API_AUTH_STRING"])
+        browser.goto(f"{ui}/runs/flow-run/{run.id}")
+        text = browser.wait_for(run.name, "Completed", "on-demand", "submitting flow run")
+        shot = settled_screenshot(browser, tmp_path / "ui-run.png")
+        assert all(n in text for n in (run.name, "Completed", "on-demand")), text[:2000]
+        assert "Unauthorized" not in text and "Invalid password" not in text, text[:2000]
+        assert browser.click_tab("Artifacts"), "no Artifacts tab on the run page"
+        browser.wait_for("progress-fod-yolo11m-p2")  # the flow run's own artifact
+        # The task runs' artifacts load once their section scrolls into view.
+        browser.click_tab("Artifacts", click=False)
+        needles = (
+            "progress-fod-yolo11m-p2",
+            "3 of 3 nodes",
+            "report-fod-yolo11m-p2",
+            "gate-fod-yolo11m-p2-gate1",
+        )
+        artifacts_text = browser.wait_for(*needles, timeout_s=60)
+        time.sleep(1)
+        artifacts = browser.screenshot(tmp_path / "ui-run-artifacts.png")
+        assert all(n in artifacts_text for n in needles), artifacts_text[:2000]
+    finally:
+        browser.close()
+    for png in (shot, artifacts):
+        assert_real_image(png)
+    if target := os.environ.get("FOD_UI_SCREENSHOT"):
+        path = Path(target)
+        shutil.copyfile(shot, path)
+        shutil.copyfile(artifacts, path.with_name(f"{path.stem}-artifacts{path.suffix}"))
 
 
 @needs_shared

@@ -77,8 +77,8 @@ class RunConfig(BaseModel):
         """Effective batch of a train node (or a search's base)."""
         return inherited(self.plan, base_of(self.plan, node), "effective_batch")
 
-    def grad_clip_of(self, node: str) -> float | None:
-        """Gradient-clipping norm of a train node (or a search's base)."""
+    def grad_clip_of(self, node: str) -> float | Literal["off"] | None:
+        """Gradient-clipping norm of a train node (or a search's base); ``"off"``: no clipping."""
         return inherited(self.plan, base_of(self.plan, node), "grad_clip_norm")
 
 

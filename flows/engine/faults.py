@@ -5,6 +5,9 @@ Production code calls ``kill_point(name)`` at the instants where a crash is most
 decision.json). Nothing happens unless the environment variable ``FOD_KILL_AT`` names that
 point: then the process kills itself with SIGKILL, exactly like a power cut or the OOM
 killer, so the tests can prove that re-running the same command recovers.
+
+``FOD_FAKE_OOM_ABOVE`` does the same for GPU memory on a machine without one: the trainer
+subclass raises ``torch.OutOfMemoryError`` for larger batches, as CUDA would.
 """
 
 from __future__ import annotations
@@ -19,3 +22,14 @@ def kill_point(name: str) -> None:
     """SIGKILL this process if ``FOD_KILL_AT`` names this point (test fault injection)."""
     if os.environ.get(KILL_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+FAKE_OOM_ENV = "FOD_FAKE_OOM_ABOVE"
+"""Test fault injection at the hardware boundary: a training batch larger than this raises
+``torch.OutOfMemoryError`` when it is moved to the device (``0``: every batch does)."""
+
+
+def fake_oom_above() -> int | None:
+    """The batch size above which the trainer fakes a CUDA out-of-memory error, or None (never)."""
+    text = os.environ.get(FAKE_OOM_ENV, "").strip()
+    return int(text) if text.isdigit() else None

@@ -91,6 +91,32 @@ def phase_rows(phases: Sequence[PhaseResult]) -> list[str]:
     return rows
 
 
+def incident_lines(runs: Sequence[PhaseResult]) -> list[str]:
+    """One line per training that did not simply complete: why it stopped, NaN epochs and reloads, OOMs."""
+    lines = []
+    for p in runs:
+        run = p.node if p.trial is None else f"{p.node} trial {p.trial}"
+        notes = []
+        if p.status != "completed":
+            notes.append(f"{p.status}: {p.reason or 'no reason given'}")
+        if p.nan_epochs or p.nan_recoveries:
+            notes.append(
+                f"{p.nan_epochs} epoch(s) with a NaN/Inf loss or fitness, "
+                f"{p.nan_recoveries} reload(s) of the last good checkpoint"
+            )
+        for e in p.oom_events:
+            if e.retry_batch is not None:
+                notes.append(
+                    f"out of memory at batch {e.batch} in epoch {e.epoch} → batch {e.retry_batch} "
+                    f"× {e.accumulate} accumulation steps"
+                )
+            elif p.status == "completed":
+                notes.append(f"out of memory at batch {e.batch} in epoch {e.epoch}")
+        if notes:
+            lines.append(f"- {run}: " + "; ".join(notes))
+    return lines
+
+
 def trial_rows(trials: Sequence[PhaseResult], keys: Sequence[str]) -> list[str]:
     """The search's trials with their points."""
     rows = ["| trial | " + " | ".join(keys) + " | mAP50-95 | status |", "|---" * (len(keys) + 3) + "|"]
@@ -134,6 +160,8 @@ def render_report(
     for gate in decision.gates:
         lines += gate_table(gate)
     lines += ["## Phases", "", *phase_rows(decision.phases), ""]
+    if incidents := incident_lines([*decision.phases, *decision.trials]):
+        lines += ["## Incidents (divergence, out of memory, failures)", "", *incidents, ""]
     if decision.trials:
         lines += ["## Search trials", "", *trial_rows(decision.trials, space_keys), ""]
     if curves_png:

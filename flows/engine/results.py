@@ -72,6 +72,24 @@ class ValMetrics(Frozen):
         return value if value is not None and math.isfinite(value) else None
 
 
+class OomEvent(Frozen):
+    """One out-of-memory error during a training, and what was done about it.
+
+    Ultralytics 8.4 halves the batch and restarts the first epoch on an out-of-memory error
+    (at most 3 times); accumulation is recomputed from ``nbs``, so the effective batch is kept.
+    ``retry_batch`` is None when the error could not be resolved and ended the run.
+    """
+
+    epoch: int = Field(ge=1)
+    batch: int
+    """The batch at which memory ran out."""
+    retry_batch: int | None = None
+    """The halved batch training went on with; None: not resolved, the phase failed."""
+    accumulate: int | None = None
+    """Accumulation steps after the halving (effective batch = retry_batch × accumulate)."""
+    message: str = ""
+
+
 class PhaseResult(Frozen):
     """Everything the decision logic and the report need to know about one training run."""
 
@@ -84,7 +102,12 @@ class PhaseResult(Frozen):
     epochs_planned: int = 0
     epochs_done: int = 0
     nan_recoveries: int = 0
+    """Reloads of the last good checkpoint after a NaN/Inf loss or fitness (Ultralytics allows 3)."""
+    nan_epochs: int = 0
+    """Epochs that ended with a NaN/Inf loss or fitness, recovered or not (the first epoch cannot be)."""
     diverged: bool = False
+    oom_events: tuple[OomEvent, ...] = ()
+    """Every out-of-memory error: the batch it happened at and the halved batch, if any."""
     batch_requested: int | None = None
     batch_used: int | None = None
     """Batch after any automatic out-of-memory reduction."""
@@ -128,7 +151,8 @@ class TrainSpec(Frozen):
     args: dict[str, object] = Field(default_factory=dict)
     effective_batch: int | None = None
     """Turned into Ultralytics' ``nbs`` so that accumulation gives this effective batch."""
-    grad_clip_norm: float | None = None
+    grad_clip_norm: float | Literal["off"] | None = None
+    """Gradient-norm clip of this run: None keeps Ultralytics' 10.0, ``"off"`` disables clipping."""
     run_dir: Path
     """Folder the trainer owns for this run (Ultralytics' project/name)."""
     resume_from: Path | None = None

@@ -143,7 +143,10 @@ class TrainNode(Strict):
     model: str | None = None
     pretrained: str | None = None
     effective_batch: int | None = Field(default=None, ge=1, le=1024)
-    grad_clip_norm: float | None = Field(default=None, gt=0)
+    grad_clip_norm: float | Literal["off"] | None = Field(
+        default=None,
+        description="Clip the gradient norm at this value; unset: Ultralytics' own 10.0; off: no clipping.",
+    )
     args: dict[str, Any] = Field(default_factory=dict)
     monitors: list[Monitor] = Field(default_factory=list)
     next: str
@@ -152,6 +155,35 @@ class TrainNode(Strict):
     @classmethod
     def _path(cls, value: str | None, info: Any) -> str | None:
         return check_path_text(value, what=info.field_name)
+
+    @field_validator("grad_clip_norm", mode="plain")
+    @classmethod
+    def _clip(cls, value: Any) -> float | str | None:
+        return parse_clip_norm(value)
+
+
+CLIP_OFF = ("off", "none", "false", "no")
+
+
+def parse_clip_norm(value: Any) -> float | Literal["off"] | None:
+    """A phase's ``grad_clip_norm``: a finite number > 0, ``off`` (YAML ``off``/``false`` too), or unset.
+
+    Unset keeps Ultralytics' hard-coded 10.0; ``off`` disables clipping altogether (the trainer
+    subclass then skips ``clip_grad_norm_``). One error message, whatever was written.
+    """
+    if value is None:
+        return None
+    if value is False or (isinstance(value, str) and value.strip().lower() in CLIP_OFF):
+        return "off"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(
+            f"grad_clip_norm must be a number > 0 or off (no clipping), got {type(value).__name__} {value!r}"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"grad_clip_norm must be a finite number > 0 (or off to disable clipping), got {value!r}"
+        )
+    return float(value)
 
 
 class Design(Strict):
