@@ -11,6 +11,7 @@ epochs done of planned as the walk goes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -144,6 +145,18 @@ def name_flow_run() -> str:
     return f"{plan}-{profile}-{time.strftime('%m%d-%H%M%S')}"
 
 
+def checkpoint_check(cfg: RunConfig) -> Callable[[Path], str | None]:
+    """How a last.pt is judged before resuming: a real torch.save archive for Ultralytics.
+
+    The replay trainer's last.pt is a text placeholder, so it is taken as it is.
+    """
+    if cfg.trainer == "ultralytics":
+        from flows.engine.data import weights_problem
+
+        return weights_problem
+    return lambda _: None
+
+
 @flow(name="fod-optimize", flow_run_name=name_flow_run, log_prints=True)
 def optimize(request: OptimizeRequest) -> Decision:
     """Validate the request, walk the tree to a terminal, deploy or keep the baseline, write the report."""
@@ -158,7 +171,9 @@ def optimize(request: OptimizeRequest) -> Decision:
     with locked(run_dir):
         journal = Journal(run_dir)
         progress = ProgressArtifact(WalkProgress(cfg.plan, cfg.force))
-        journaling = JournalingExecutor(PrefectExecutor(cfg), journal, log=logger.info)
+        journaling = JournalingExecutor(
+            PrefectExecutor(cfg), journal, log=logger.info, checkpoint_problem=checkpoint_check(cfg)
+        )
         state = walk_tree(cfg, run_dir, ProgressingExecutor(journaling, progress))
         deployed = journal.terminal_done(state.terminal)
         if deployed is None:

@@ -66,10 +66,15 @@ def cancel_plan(folder: Path) -> Path:
 
 
 def wait_for_file(pattern: str, root: Path, run_id: Any, stack: Stack, timeout_s: float = 300) -> Path:
-    """The first file matching ``pattern`` under ``root``, while the run is still going."""
+    """The first whole checkpoint matching ``pattern`` under ``root``, while the run is still going.
+
+    Whole: Ultralytics writes last.pt in one non-atomic write; a torn one is set aside by the resume.
+    """
+    from flows.engine.data import weights_problem
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if found := sorted(root.glob(pattern)):
+        if found := [p for p in sorted(root.glob(pattern)) if weights_problem(p) is None]:
             return found[0]
         state = read_run(run_id).state
         assert state is None or not state.is_final(), f"run ended before {pattern}: {state}"

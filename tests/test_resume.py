@@ -179,3 +179,46 @@ def test_cli_kill_9_then_rerun_resumes_same_run(demo_data, tmp_path):
     keys = [json.loads(line)["key"] for line in journal.read_text(encoding="utf-8").splitlines()]
     assert len(keys) == len(set(keys)), "a finished step was recorded twice"
     assert len(keys) > before
+
+
+class RecordingExecutor:
+    """Remembers the spec it was asked to train; stands in for the trainer (no training needed here)."""
+
+    def __init__(self) -> None:
+        self.specs: list[TrainSpec] = []
+
+    def train(self, spec: TrainSpec) -> PhaseResult:
+        self.specs.append(spec)
+        raise Crash(spec.node)  # the result does not matter: what was asked is the point
+
+
+def test_truncated_last_pt_is_set_aside_and_the_phase_starts_over(tmp_path):
+    """A last.pt torn by a kill during Ultralytics' (non-atomic) write is kept aside, not resumed from."""
+    torch = pytest.importorskip("torch")
+    from flows.engine.data import weights_problem
+
+    run_dir = tmp_path / "run" / "phases" / "phase1"
+    (run_dir / "weights").mkdir(parents=True)
+    whole = tmp_path / "whole.pt"
+    torch.save({"epoch": 3, "model": torch.zeros(64)}, whole)
+    torn = whole.read_bytes()[: whole.stat().st_size // 2]
+    last = run_dir / "weights" / "last.pt"
+    last.write_bytes(torn)
+    spec = TrainSpec(plan="p", node="phase1", model=Path("m.yaml"), data=Path("d.yaml"), run_dir=run_dir)
+    lines: list[str] = []
+    inner = RecordingExecutor()
+    executor = JournalingExecutor(
+        inner, Journal(_mk(tmp_path / "j")), log=lines.append, checkpoint_problem=weights_problem
+    )
+
+    with pytest.raises(Crash):
+        executor.train(spec)
+    assert inner.specs[-1].resume_from is None  # trained from the start
+    assert not last.exists()
+    assert (run_dir / "weights" / "last.damaged-1.pt").read_bytes() == torn  # nothing deleted
+    assert any("cannot resume" in line and "last.damaged-1.pt" in line for line in lines), lines
+
+    last.write_bytes(whole.read_bytes())  # a whole checkpoint is resumed from
+    with pytest.raises(Crash):
+        executor.train(spec)
+    assert inner.specs[-1].resume_from == last

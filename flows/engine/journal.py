@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -216,18 +216,37 @@ def locked(run_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to the first free ``<stem>.damaged-N<suffix>`` beside it (nothing is deleted)."""
+    n = 1
+    while (target := path.with_name(f"{path.stem}.damaged-{n}{path.suffix}")).exists():
+        n += 1
+    os.replace(path, target)
+    return target
+
+
 class JournalingExecutor:
     """Wraps an executor: finished steps come from the journal, new ones are recorded after they finish.
 
     An interrupted training (no journal entry, but its own last.pt on disk) resumes from that
-    checkpoint instead of starting over, so no finished epoch is trained twice.
+    checkpoint instead of starting over, so no finished epoch is trained twice. ``checkpoint_problem``
+    says why a last.pt cannot be resumed from (Ultralytics writes it in one non-atomic write, so a
+    kill during that write leaves a truncated file); such a file is set aside, never deleted, and
+    the training starts over.
     """
 
-    def __init__(self, inner: Any, journal: Journal, log: Any = print):
+    def __init__(
+        self,
+        inner: Any,
+        journal: Journal,
+        log: Any = print,
+        checkpoint_problem: Callable[[Path], str | None] = lambda _: None,
+    ):
         self.inner = inner
         self.journal = journal
         self.done = journal.finished()
         self.log = log
+        self.checkpoint_problem = checkpoint_problem
 
     def train(self, spec: TrainSpec) -> PhaseResult:
         """Return the recorded result, or train (resuming from last.pt when there is one) and record it."""
@@ -242,7 +261,10 @@ class JournalingExecutor:
             self.journal.record_train(spec, result)
             return result
         last = spec.run_dir / "weights" / "last.pt"
-        if last.is_file():
+        if last.is_file() and (problem := self.checkpoint_problem(last)):
+            aside = set_aside(last)
+            self.log(f"{key}: cannot resume ({problem}); kept it as {aside.name} and training from the start")
+        elif last.is_file():
             self.log(f"{key}: resuming the interrupted training from {last}")
             spec = spec.model_copy(update={"resume_from": last})
         result = self.inner.train(spec)
