@@ -181,18 +181,25 @@ def test_kill_at_point_then_rerun(spec, point, api_url, demo_data, references, t
     assert_files_sound(run_dir)
 
 
-def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout_s: float = 400) -> None:
-    """Wait for a whole checkpoint: Ultralytics writes last.pt in one non-atomic write, and a kill during
-    it (a torn file, set aside by the resume; tests/test_resume.py) is not the point tested here."""
+def wait_for(
+    path_glob: str, root: Path, proc: subprocess.Popen, log: Path, line: str, timeout_s: float = 400
+) -> None:
+    """Wait for a whole checkpoint and for the log line of the epoch it holds.
+
+    Ultralytics writes last.pt in one non-atomic write, and a kill during it (a torn file, set aside by the
+    resume; tests/test_resume.py) is not the point tested here. The epoch's log line travels from the
+    training child through the flow's logger after last.pt is on disk; a kill before it arrives would
+    leave the epoch trained but unlogged, and the epoch count below reads the logs."""
     from flows.engine.data import weights_problem
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if any(weights_problem(p) is None for p in root.glob(path_glob)):
+        whole = any(weights_problem(p) is None for p in root.glob(path_glob))
+        if whole and line in log.read_text(encoding="utf-8", errors="replace"):
             return
         assert proc.poll() is None, "the run ended before the kill point"
         time.sleep(0.2)
-    raise TimeoutError(path_glob)
+    raise TimeoutError(f"{path_glob} and {line!r}")
 
 
 @pytest.mark.parametrize("node", ["phase1", "phase2"])
@@ -204,18 +211,23 @@ def test_kill_real_training_mid_phase_then_resume(node, api_url, demo_data, tmp_
                                  "    force: # over every run, trials included\n      imgsz: 64\n      epochs: 3\n"), encoding="utf-8")  # fmt: skip
     args = ["--plan", str(plan), "--data", str(demo_data), "--runs-dir", "runs", "--profile", "smoke"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "1", "PREFECT_API_URL": api_url}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.optimize", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    wait_for(f"runs/fod-yolo11m-p2-*/phases/{node}/weights/last.pt", tmp_path, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    first, _ = proc.communicate(timeout=60)
+    log = tmp_path / "first.log"
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.optimize", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        wait_for(
+            f"runs/fod-yolo11m-p2-*/phases/{node}/weights/last.pt", tmp_path, proc, log, f"{node}: epoch 1/3 "
+        )
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    first = log.read_text(encoding="utf-8", errors="replace")
     time.sleep(2)  # the orphaned training child notices its parent is gone and exits
     resumed = run(args, api_url, tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
