@@ -178,6 +178,7 @@ def plot_curves(runs: Sequence[PhaseResult], out: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_map, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
     for run in drawable:
@@ -185,11 +186,14 @@ def plot_curves(runs: Sequence[PhaseResult], out: Path) -> Path | None:
         style = "-" if run.trial is None else ":"
         for ax, series in ((ax_map, map_series(run)), (ax_loss, loss_series(run))):
             if series[0]:
-                ax.plot(*series, style, marker="o" if len(series[0]) < 15 else None, label=label)
+                marker = "o" if len(series[0]) < 15 else None
+                ax.plot(*series, style, marker=marker, label=label, clip_on=False)
     ax_map.set_ylabel("mAP50-95 (validation)")
+    ax_map.set_ylim(bottom=0)  # a metric in [0, 1]: a flat 0 must not be drawn around a negative axis
     ax_loss.set_ylabel("train box loss")
     for ax in (ax_map, ax_loss):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
     ax_map.legend(fontsize=7, ncol=2)
     fig.tight_layout()
