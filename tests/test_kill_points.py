@@ -182,24 +182,29 @@ def test_kill_at_point_then_rerun(spec, point, api_url, demo_data, references, t
 
 
 def wait_for(
-    path_glob: str, root: Path, proc: subprocess.Popen, log: Path, line: str, timeout_s: float = 400
+    path_glob: str,
+    root: Path,
+    proc: subprocess.Popen,
+    log: Path,
+    epoch: tuple[str, int],
+    timeout_s: float = 400,
 ) -> None:
-    """Wait for a whole checkpoint and for the log line of the epoch it holds.
+    """Wait for a whole checkpoint and for ``epoch`` (run label, epoch number) to be logged.
 
     Ultralytics writes last.pt in one non-atomic write, and a kill during it (a torn file, set aside by the
     resume; tests/test_resume.py) is not the point tested here. The epoch's log line travels from the
     training child through the flow's logger after last.pt is on disk; a kill before it arrives would
-    leave the epoch trained but unlogged, and the epoch count below reads the logs."""
+    leave the epoch trained but unlogged, and the epoch count (``trained_epochs``) reads the logs."""
     from flows.engine.data import weights_problem
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         whole = any(weights_problem(p) is None for p in root.glob(path_glob))
-        if whole and line in log.read_text(encoding="utf-8", errors="replace"):
+        if whole and epoch in trained_epochs(log.read_text(encoding="utf-8", errors="replace")):
             return
         assert proc.poll() is None, "the run ended before the kill point"
         time.sleep(0.2)
-    raise TimeoutError(f"{path_glob} and {line!r}")
+    raise TimeoutError(f"{path_glob} and the log line of {epoch}")
 
 
 @pytest.mark.parametrize("node", ["phase1", "phase2"])
@@ -222,9 +227,7 @@ def test_kill_real_training_mid_phase_then_resume(node, api_url, demo_data, tmp_
             text=True,
             start_new_session=True,
         )
-        wait_for(
-            f"runs/fod-yolo11m-p2-*/phases/{node}/weights/last.pt", tmp_path, proc, log, f"{node}: epoch 1/3 "
-        )
+        wait_for(f"runs/fod-yolo11m-p2-*/phases/{node}/weights/last.pt", tmp_path, proc, log, (node, 1))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     first = log.read_text(encoding="utf-8", errors="replace")
