@@ -2,7 +2,7 @@
 
 Why this exists: the plan's Phase 1 says "VRAM stays <= 18 GB" at batch 6 and Phase 2 promises a lite
 model that is "25 % faster" and fits 20 GB at batch 8. Those figures decide gates, so they are measured
-here the way the engine measures them: each run goes through ``tasks.ultra_trainer.UltralyticsTrainer``
+here the way the engine measures them: each run goes through ``tasks.trainers.ultra.UltralyticsTrainer``
 (the child process of a real phase), and the peaks come from its ``PhaseResult``: torch's peak reserved
 memory of the training process, and NVML's peak used memory of the whole card (sampled while training).
 images/s is the engine's figure too: training images per second of the training part of each epoch,
@@ -58,7 +58,7 @@ def epochs_for(iterations: int, n_train: int, batch: int) -> int:
 
 def make_spec(model: str, batch: int, data: Path, epochs: int, device: str, runs: Path) -> Any:
     """One run as the TrainSpec a phase would hand to the trainer."""
-    from flows.engine.results import TrainSpec
+    from flows.engine.records.results import TrainSpec
     from fod_models import resolve_model
 
     name = f"{Path(model).stem}-b{batch}"
@@ -86,7 +86,7 @@ def make_spec(model: str, batch: int, data: Path, epochs: int, device: str, runs
 
 def measure(spec: Any, device: str) -> dict[str, Any]:
     """Train one spec through the engine's trainer; return its row of figures."""
-    from tasks.ultra_trainer import UltralyticsTrainer
+    from tasks.trainers.ultra import UltralyticsTrainer
 
     def on_epoch(event: Any) -> None:
         speed = f"{event.images_per_s:.1f} img/s" if event.images_per_s else "–"

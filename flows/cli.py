@@ -16,12 +16,12 @@ from typing import Any
 import yaml
 
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
-from flows.engine.problems import EXIT_BAD_INPUT, PlanError
-from flows.engine.report import text_tree
-from flows.engine.resolve import planned_epochs
-from flows.engine.results import Decision
-from flows.engine.schema import GateNode
-from flows.engine.tree import paths, tree_view
+from flows.engine.plan.problems import EXIT_BAD_INPUT, PlanError
+from flows.engine.plan.resolve import planned_epochs
+from flows.engine.plan.schema import GateNode
+from flows.engine.plan.tree import paths, tree_view
+from flows.engine.records.report import text_tree
+from flows.engine.records.results import Decision
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PLAN = PROJECT_ROOT / "configs" / "fod_plan.yaml"

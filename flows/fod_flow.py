@@ -2,7 +2,7 @@
 
 Run it from the command line with ``python -m flows.optimize``.
 
-The flow walks the plan's tree (``flows.engine.walk``) with Prefect tasks as the
+The flow walks the plan's tree (``flows.engine.decisions.walk``) with Prefect tasks as the
 executor: every training, gate, terminal and report is a task run whose name tells the
 plan, the node and the trial. A progress artifact (key ``progress-<plan>``) shows nodes and
 epochs done of planned as the walk goes.
@@ -17,9 +17,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
+from flows.engine.decisions.walk import walk_tree
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import make_unique_dir
-from flows.engine.journal import (
+from flows.engine.records.journal import (
     Journal,
     JournalingExecutor,
     RunIdentity,
@@ -30,8 +31,7 @@ from flows.engine.journal import (
     unfinished_runs,
     write_identity,
 )
-from flows.engine.results import Decision, GateResult, PhaseResult, TrainSpec
-from flows.engine.walk import walk_tree
+from flows.engine.records.results import Decision, GateResult, PhaseResult, TrainSpec
 from tasks.publish import (
     ProgressArtifact,
     WalkProgress,
@@ -151,7 +151,7 @@ def checkpoint_check(cfg: RunConfig) -> Callable[[Path], str | None]:
     The replay trainer's last.pt is a text placeholder, so it is taken as it is.
     """
     if cfg.trainer == "ultralytics":
-        from flows.engine.data import weights_problem
+        from flows.engine.data.checks import weights_problem
 
         return weights_problem
     return lambda _: None

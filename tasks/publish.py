@@ -20,15 +20,15 @@ from prefect.artifacts import (
 )
 
 from flows.engine.config import RunConfig
+from flows.engine.decisions.walk import WalkState
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import write_text_once
-from flows.engine.registry import baseline_record, deploy
-from flows.engine.report import plot_curves, render_report
-from flows.engine.resolve import planned_epochs
-from flows.engine.results import Decision, GateResult
-from flows.engine.schema import Plan, SearchNode
-from flows.engine.tree import successors, tree_view
-from flows.engine.walk import WalkState
+from flows.engine.plan.resolve import planned_epochs
+from flows.engine.plan.schema import Plan, SearchNode
+from flows.engine.plan.tree import successors, tree_view
+from flows.engine.records.registry import baseline_record, deploy
+from flows.engine.records.report import plot_curves, render_report
+from flows.engine.records.results import Decision, GateResult
 
 
 def artifact_key(*parts: str) -> str:

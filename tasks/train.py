@@ -24,11 +24,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.engine.config import RunConfig
+from flows.engine.decisions.monitors import MonitorHit, StopTraining, check_monitors
 from flows.engine.fsutil import atomic_write_text
-from flows.engine.journal import code_version
-from flows.engine.monitors import MonitorHit, StopTraining, check_monitors
-from flows.engine.results import EpochEvent, PhaseResult, TrainSpec
-from flows.engine.schema import Monitor, SearchNode, TrainNode
+from flows.engine.plan.schema import Monitor, SearchNode, TrainNode
+from flows.engine.records.journal import code_version
+from flows.engine.records.results import EpochEvent, PhaseResult, TrainSpec
 
 
 class Trainer(Protocol):
@@ -42,11 +42,11 @@ class Trainer(Protocol):
 def make_trainer(cfg: RunConfig, log: Callable[[str], None] | None = None) -> Trainer:
     """The replay trainer when the request names a SPEC, else real Ultralytics training."""
     if cfg.trainer == "replay":
-        from tasks.replay import ReplayTrainer
+        from tasks.trainers.replay import ReplayTrainer
 
         assert cfg.request.replay is not None
-        return ReplayTrainer(cfg.request.replay)
-    from tasks.ultra_trainer import UltralyticsTrainer
+        return ReplayTrainer.from_file(cfg.request.replay)
+    from tasks.trainers.ultra import UltralyticsTrainer
 
     return UltralyticsTrainer(log=log)
 

@@ -35,9 +35,9 @@ import pytest
 import yaml
 from conftest import ROOT, SHIPPED_PLAN
 
-from flows.engine.data import check_runs_dir, weights_problem
+from flows.engine.data.checks import check_runs_dir, weights_problem
 from flows.engine.fsutil import atomic_copy, atomic_write_text
-from flows.engine.problems import Problem, describe_os_error
+from flows.engine.plan.problems import Problem, describe_os_error
 
 # ----------------------------------------------------------------------------- snapshots
 

@@ -70,7 +70,7 @@ def wait_for_file(pattern: str, root: Path, run_id: Any, stack: Stack, timeout_s
 
     Whole: Ultralytics writes last.pt in one non-atomic write; a torn one is set aside by the resume.
     """
-    from flows.engine.data import weights_problem
+    from flows.engine.data.checks import weights_problem
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -117,8 +117,8 @@ def cancel(run_id: Any, stack: Stack) -> None:
 
 def test_resumed_training_counts_the_epochs_before_its_checkpoint(tmp_path):
     """Ultralytics' resume reports only the epochs after last.pt: the result takes the rest from results.csv."""
-    from flows.engine.results import EpochRecord, TrainSpec
-    from tasks.ultra_trainer import Outcome, build_result, earlier_epochs
+    from flows.engine.records.results import EpochRecord, TrainSpec
+    from tasks.trainers.ultra import Outcome, build_result, earlier_epochs
 
     run_dir = tmp_path / "phase1"
     (run_dir / "weights").mkdir(parents=True)

@@ -664,7 +664,7 @@ def test_serve_rejects_a_file_without_the_flow(tmp_path):
 
 def test_walk_progress_counts_nodes_and_epochs_of_the_longest_branch():
     """The flow's progress: planned = done + the longest branch still possible; 100 % only at the end."""
-    from flows.engine.loader import load_plan
+    from flows.engine.plan.loader import load_plan
     from tasks.publish import WalkProgress
 
     plan, force = load_plan(ROOT / "configs" / "fod_plan.yaml")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.engine.gates import evaluate_gate
-from flows.engine.results import EpochEvent, PhaseResult, TrainSpec
-from flows.engine.schema import GateNode, TrainNode, parse_clip_norm
+from flows.engine.decisions.gates import evaluate_gate
+from flows.engine.plan.schema import GateNode, TrainNode, parse_clip_norm
+from flows.engine.records.results import EpochEvent, PhaseResult, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 P2_MODEL = ROOT / "fod_models" / "yolo11n-p2.yaml"
@@ -89,7 +89,7 @@ def test_grad_clip_norm_refuses_anything_else(bad):
 
 
 def test_child_clip_norm_semantics():
-    from tasks._train_child import ULTRALYTICS_CLIP_NORM, clip_norm_of
+    from tasks.trainers.ultra_child import ULTRALYTICS_CLIP_NORM, clip_norm_of
 
     base = dict(plan="p", node="n", model=P2_MODEL, data=P2_MODEL, run_dir=Path("r"))
     assert clip_norm_of(TrainSpec(**base)) == ULTRALYTICS_CLIP_NORM == 10.0
@@ -100,7 +100,7 @@ def test_child_clip_norm_semantics():
 @pytest.fixture(scope="module")
 def runs(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[PhaseResult, list]]:
     """The same huge-learning-rate phase, unclipped and clipped (about 25 s each on 2 CPU cores)."""
-    from tasks.ultra_trainer import UltralyticsTrainer
+    from tasks.trainers.ultra import UltralyticsTrainer
 
     out = {}
     for name, clip in (("unclipped", "off"), ("clipped", 1.0)):

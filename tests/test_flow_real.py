@@ -8,7 +8,7 @@ import pytest
 from conftest import GOLFBALL, SHIPPED_PLAN, needs_shared
 
 from flows.engine.config import OptimizeRequest, prepare
-from flows.engine.walk import train_spec
+from flows.engine.decisions.walk import train_spec
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -39,7 +39,7 @@ def test_smoke_profile_walks_whole_tree_with_real_training(demo_data, tmp_path):
 @needs_shared
 def test_golfball_validates_and_trains_one_short_epoch(tmp_path):
     """The shipped plan validates against real images; Phase 1's spec trains one short epoch on them."""
-    from tasks.ultra_trainer import UltralyticsTrainer
+    from tasks.trainers.ultra import UltralyticsTrainer
 
     cfg = prepare(OptimizeRequest(plan=SHIPPED_PLAN, data=GOLFBALL, profile="smoke"))
     spec = train_spec(cfg, tmp_path, "phase1")
@@ -59,7 +59,7 @@ WEIGHTS = GOLFBALL.parents[2] / "weights"
 )
 def test_pretrained_fine_tune_raises_map(tmp_path):
     """Pretrained layers transfer into the P2 model; a short fine-tune on golf balls shows mAP50-95 rising."""
-    from tasks.ultra_trainer import UltralyticsTrainer
+    from tasks.trainers.ultra import UltralyticsTrainer
 
     weights = sorted(WEIGHTS.glob("yolo11n*.pt"))[0]
     cfg = prepare(OptimizeRequest(plan=SHIPPED_PLAN, data=GOLFBALL, profile="smoke"))

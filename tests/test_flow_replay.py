@@ -9,7 +9,7 @@ import pytest
 from conftest import REPLAYS, SHIPPED_PLAN, needs_shared
 
 from flows.engine.config import OptimizeRequest
-from flows.engine.results import Decision
+from flows.engine.records.results import Decision
 
 pytestmark = [needs_shared, pytest.mark.usefixtures("prefect_server")]
 

@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flows.engine.config import OptimizeRequest, collect_problems, prepare
-from flows.engine.loader import load_plan, parse_yaml, read_yaml
-from flows.engine.problems import PlanError
-from flows.engine.schema import Plan
+from flows.engine.plan.loader import load_plan, parse_yaml, read_yaml
+from flows.engine.plan.problems import PlanError
+from flows.engine.plan.schema import Plan
 
 SCALE = int(os.environ.get("FOD_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(

@@ -8,12 +8,19 @@ import pytest
 from conftest import REPLAYS, SHIPPED_PLAN, needs_shared
 
 from flows.engine.config import OptimizeRequest, prepare
-from flows.engine.gates import evaluate_gate, shortfalls, speedup_of
-from flows.engine.monitors import check_monitors
-from flows.engine.results import EpochEvent, EpochRecord, GateResult, PhaseResult, TrainSpec, ValMetrics
-from flows.engine.schema import GateNode, Monitor
-from flows.engine.tree import always_before, find_cycle, paths
-from flows.engine.walk import pick_best, walk_tree
+from flows.engine.decisions.gates import evaluate_gate, shortfalls, speedup_of
+from flows.engine.decisions.monitors import check_monitors
+from flows.engine.decisions.walk import pick_best, walk_tree
+from flows.engine.plan.schema import GateNode, Monitor
+from flows.engine.plan.tree import always_before, find_cycle, paths
+from flows.engine.records.results import (
+    EpochEvent,
+    EpochRecord,
+    GateResult,
+    PhaseResult,
+    TrainSpec,
+    ValMetrics,
+)
 
 
 def result(node: str = "p", **kw) -> PhaseResult:
@@ -129,9 +136,9 @@ class PlainExecutor:
     """Runs the walk without Prefect: the replay trainer, and lists for what was published."""
 
     def __init__(self, spec: Path):
-        from tasks.replay import ReplayTrainer
+        from tasks.trainers.replay import ReplayTrainer
 
-        self.trainer = ReplayTrainer(spec)
+        self.trainer = ReplayTrainer.from_file(spec)
         self.gates: list[GateResult] = []
         self.entered: list[str] = []
         self.epochs = 0
@@ -185,8 +192,8 @@ def test_tree_helpers_on_shipped_plan(demo_data):
 @needs_shared
 def test_replay_honours_stop_training(tmp_path):
     """A monitor's stop ends a replayed run after that epoch, as it would a real one."""
-    from flows.engine.monitors import StopTraining
-    from tasks.replay import ReplayTrainer
+    from flows.engine.decisions.monitors import StopTraining
+    from tasks.trainers.replay import ReplayTrainer
 
     def stop_at_3(event: EpochEvent) -> None:
         if event.record.epoch == 3:
@@ -194,7 +201,7 @@ def test_replay_honours_stop_training(tmp_path):
 
     spec = TrainSpec(plan="p", node="phase1", model=Path("m.yaml"), data=Path("d.yaml"), args={"epochs": 100},
                      run_dir=tmp_path / "phase1")  # fmt: skip
-    result = ReplayTrainer(REPLAYS / "keep_baseline.yaml").train(spec, stop_at_3)
+    result = ReplayTrainer.from_file(REPLAYS / "keep_baseline.yaml").train(spec, stop_at_3)
     assert (result.status, result.reason, result.epochs_done) == ("stopped", "monitor said stop", 3)
 
 

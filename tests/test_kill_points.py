@@ -195,7 +195,7 @@ def wait_for(
     resume; tests/test_resume.py) is not the point tested here. The epoch's log line travels from the
     training child through the flow's logger after last.pt is on disk; a kill before it arrives would
     leave the epoch trained but unlogged, and the epoch count (``trained_epochs``) reads the logs."""
-    from flows.engine.data import weights_problem
+    from flows.engine.data.checks import weights_problem
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flows.engine.decisions.gates import evaluate_gate
 from flows.engine.faults import FAKE_OOM_ENV, fake_oom_above
-from flows.engine.gates import evaluate_gate
-from flows.engine.report import incident_lines
-from flows.engine.results import EpochEvent, OomEvent, PhaseResult, TrainSpec
-from flows.engine.schema import GateNode
+from flows.engine.plan.schema import GateNode
+from flows.engine.records.report import incident_lines
+from flows.engine.records.results import EpochEvent, OomEvent, PhaseResult, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 P2_MODEL = ROOT / "fod_models" / "yolo11n-p2.yaml"
@@ -35,7 +35,7 @@ def spec_for(run_dir: Path, data: Path) -> TrainSpec:
 
 
 def train_with_fake_oom(limit: int, run_dir: Path, data: Path, monkeypatch) -> tuple[PhaseResult, list[str]]:
-    from tasks.ultra_trainer import UltralyticsTrainer
+    from tasks.trainers.ultra import UltralyticsTrainer
 
     monkeypatch.setenv(FAKE_OOM_ENV, str(limit))  # the spawned training process inherits it
     logs: list[str] = []

@@ -10,9 +10,9 @@ import pytest
 from conftest import SHIPPED_PLAN
 
 from flows.engine.config import OptimizeRequest, collect_problems, prepare
-from flows.engine.loader import load_plan
-from flows.engine.problems import PlanError, errors_of
-from flows.engine.schema import parse_fraction
+from flows.engine.plan.loader import load_plan
+from flows.engine.plan.problems import PlanError, errors_of
+from flows.engine.plan.schema import parse_fraction
 
 
 def set_in(doc: dict[str, Any], dotted: str, value: Any) -> None:

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from flows.engine.records import RecordError, best_epoch, epoch_durations, fitness, read_results_csv
-from flows.engine.results import EpochRecord
+from flows.engine.records.results import EpochRecord
+from flows.engine.records.results_csv import (
+    RecordError,
+    best_epoch,
+    epoch_durations,
+    fitness,
+    read_results_csv,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CURVES = SHARED / "curves"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from flows.engine.fsutil import AlreadyExistsError
-from flows.engine.records import read_results_csv
-from flows.engine.results import EpochEvent, PhaseResult, TrainSpec
-from tasks.replay import DIVERGED_REASON, ReplaySpecError, ReplayTrainer, load_replay_spec
+from flows.engine.records.replay_spec import ReplaySpecError, load_replay_spec
+from flows.engine.records.results import EpochEvent, PhaseResult, TrainSpec
+from flows.engine.records.results_csv import read_results_csv
+from tasks.trainers.replay import DIVERGED_REASON, ReplayTrainer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CURVES = SHARED / "curves"
@@ -49,7 +50,7 @@ def replay(trainer: ReplayTrainer, spec: TrainSpec) -> tuple[PhaseResult, list[E
 
 @pytest.fixture
 def plain(tmp_path: Path) -> ReplayTrainer:
-    return ReplayTrainer(write_spec(tmp_path, "nodes:\n  phase1:\n    csv: CURVES/29.csv\n"))
+    return ReplayTrainer.from_file(write_spec(tmp_path, "nodes:\n  phase1:\n    csv: CURVES/29.csv\n"))
 
 
 # --- replaying a curve ---------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def test_shorter_curve_stops_the_run(tmp_path: Path, plain: ReplayTrainer) -> No
 
 
 def test_metrics_come_from_the_best_fitness_epoch(tmp_path: Path) -> None:
-    trainer = ReplayTrainer(write_spec(tmp_path, "nodes:\n  p:\n    csv: CURVES/33.csv\n"))
+    trainer = ReplayTrainer.from_file(write_spec(tmp_path, "nodes:\n  p:\n    csv: CURVES/33.csv\n"))
     result, _ = replay(trainer, train_spec(tmp_path, "p", epochs=50))
     best = result.history[40]  # epoch 41: top fitness, though epoch 50 has the top mAP50-95
     assert result.metrics.model_dump() == {
@@ -114,7 +115,7 @@ def test_written_files(tmp_path: Path, plain: ReplayTrainer) -> None:
 
 
 def test_figure_overrides(tmp_path: Path) -> None:
-    trainer = ReplayTrainer(
+    trainer = ReplayTrainer.from_file(
         write_spec(
             tmp_path,
             """
@@ -139,7 +140,7 @@ def test_figure_overrides(tmp_path: Path) -> None:
 
 
 def test_offset_and_scale_change_the_gated_metric(tmp_path: Path) -> None:
-    trainer = ReplayTrainer(
+    trainer = ReplayTrainer.from_file(
         write_spec(
             tmp_path,
             """
@@ -162,7 +163,7 @@ def test_offset_and_scale_change_the_gated_metric(tmp_path: Path) -> None:
 
 
 def test_diverged_run(tmp_path: Path) -> None:
-    trainer = ReplayTrainer(
+    trainer = ReplayTrainer.from_file(
         write_spec(tmp_path, "nodes:\n  p: {csv: CURVES/21.csv, diverged: true, nan_recoveries: 3}\n")
     )
     result, events = replay(trainer, train_spec(tmp_path, "p"))
@@ -171,7 +172,9 @@ def test_diverged_run(tmp_path: Path) -> None:
 
 
 def test_images_per_s_from_time_column_when_image_count_given(tmp_path: Path) -> None:
-    trainer = ReplayTrainer(write_spec(tmp_path, "nodes:\n  p: {csv: CURVES/29.csv, train_images: 1000}\n"))
+    trainer = ReplayTrainer.from_file(
+        write_spec(tmp_path, "nodes:\n  p: {csv: CURVES/29.csv, train_images: 1000}\n")
+    )
     result, events = replay(trainer, train_spec(tmp_path, "p", epochs=3))
     # cumulative times 217.4, 427.245, ...: epoch 2 took 209.845 s
     assert events[0].images_per_s == pytest.approx(1000 / 217.4)
@@ -202,7 +205,7 @@ def test_batch_figures_follow_ultralytics(
     expected: tuple[int | None, ...],
 ) -> None:
     used = f", batch_used: {batch_used}" if batch_used else ""
-    trainer = ReplayTrainer(write_spec(tmp_path, f"nodes:\n  p: {{csv: CURVES/29.csv{used}}}\n"))
+    trainer = ReplayTrainer.from_file(write_spec(tmp_path, f"nodes:\n  p: {{csv: CURVES/29.csv{used}}}\n"))
     spec = train_spec(tmp_path, "p", epochs=2, effective_batch=effective_batch, **args)
     result, _ = replay(trainer, spec)
     observed = (
@@ -236,7 +239,7 @@ nodes:
 
 
 def test_search_trials_cycle_and_full_run(tmp_path: Path) -> None:
-    trainer = ReplayTrainer(write_spec(tmp_path, SEARCH_SPEC))
+    trainer = ReplayTrainer.from_file(write_spec(tmp_path, SEARCH_SPEC))
     first = {n: read_results_csv(CURVES / f"{n}.csv")[0] for n in (29, 35, 31, 13, 5, 23)}
     expected = {0: 29, 1: 35, 2: 29, 3: 35}
     for trial, curve in expected.items():
@@ -259,7 +262,7 @@ def test_missing_nodes(tmp_path: Path) -> None:
     assert spec.missing_nodes(["phase1", "phase2", "phase3"]) == ["phase2", "phase3"]
     assert spec.missing_nodes(["phase1"]) == []
     with pytest.raises(ReplaySpecError, match=r"replay\.yaml: nodes\.phase2: no entry"):
-        ReplayTrainer(spec.source).train(train_spec(tmp_path, "phase2"), lambda event: None)  # type: ignore[arg-type]
+        ReplayTrainer(spec).train(train_spec(tmp_path, "phase2"), lambda event: None)
     with_default = load_replay_spec(write_spec(tmp_path, SEARCH_SPEC, "default.yaml"))
     assert with_default.missing_nodes(["phase1", "phase2", "phase3"]) == []
 
@@ -275,7 +278,7 @@ def test_csv_paths_are_relative_to_the_spec_file(tmp_path: Path, monkeypatch: py
     monkeypatch.chdir(
         tmp_path.parent
     )  # ../records/run.csv does not exist from here: only the SPEC's folder works
-    result, _ = replay(ReplayTrainer(spec_path), train_spec(tmp_path, "p", epochs=2))
+    result, _ = replay(ReplayTrainer.from_file(spec_path), train_spec(tmp_path, "p", epochs=2))
     assert (result.metrics.map50_95, result.status) == (0.35, "completed")
 
 
@@ -308,7 +311,7 @@ def test_csv_paths_are_relative_to_the_spec_file(tmp_path: Path, monkeypatch: py
 def test_bad_spec_is_rejected_up_front(tmp_path: Path, text: str, message: str) -> None:
     path = write_spec(tmp_path, text)
     with pytest.raises(ReplaySpecError, match=message) as caught:
-        ReplayTrainer(path)
+        ReplayTrainer.from_file(path)
     assert str(path) in str(caught.value)
     assert isinstance(caught.value, ValueError)
 
@@ -357,6 +360,6 @@ def walk_shipped_plan(trainer: ReplayTrainer, tmp_path: Path, trials: int = 9) -
 
 @pytest.mark.parametrize("terminal", ["deploy_phase1", "deploy_phase2", "deploy_phase3", "keep_baseline"])
 def test_shipped_replays_reach_their_terminal(tmp_path: Path, terminal: str) -> None:
-    trainer = ReplayTrainer(REPLAYS / f"{terminal}.yaml")
+    trainer = ReplayTrainer.from_file(REPLAYS / f"{terminal}.yaml")
     assert trainer.spec.missing_nodes(["phase1", "phase2", "phase3"]) == []
     assert walk_shipped_plan(trainer, tmp_path) == terminal

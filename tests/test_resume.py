@@ -14,7 +14,8 @@ import pytest
 from conftest import REPLAYS, ROOT, SHIPPED_PLAN, needs_shared
 
 from flows.engine.config import OptimizeRequest, prepare
-from flows.engine.journal import (
+from flows.engine.decisions.walk import walk_tree
+from flows.engine.records.journal import (
     Journal,
     JournalingExecutor,
     RunIdentity,
@@ -23,8 +24,7 @@ from flows.engine.journal import (
     locked,
     write_identity,
 )
-from flows.engine.results import GateResult, PhaseResult, TrainSpec
-from flows.engine.walk import walk_tree
+from flows.engine.records.results import GateResult, PhaseResult, TrainSpec
 
 
 class Crash(Exception):
@@ -35,9 +35,9 @@ class CountingExecutor:
     """Replays, counts trainings and epochs, and crashes before training number ``crash_at``."""
 
     def __init__(self, spec: Path, crash_at: int | None = None):
-        from tasks.replay import ReplayTrainer
+        from tasks.trainers.replay import ReplayTrainer
 
-        self.trainer = ReplayTrainer(spec)
+        self.trainer = ReplayTrainer.from_file(spec)
         self.crash_at = crash_at
         self.trained: list[str] = []
         self.epochs = 0
@@ -129,7 +129,7 @@ def test_run_folder_lock_is_exclusive(tmp_path):
             [
                 sys.executable,
                 "-c",
-                f"from flows.engine.journal import locked\nwith locked({str(tmp_path)!r}): pass",
+                f"from flows.engine.records.journal import locked\nwith locked({str(tmp_path)!r}): pass",
             ],
             capture_output=True,
             text=True,
@@ -195,7 +195,7 @@ class RecordingExecutor:
 def test_truncated_last_pt_is_set_aside_and_the_phase_starts_over(tmp_path):
     """A last.pt torn by a kill during Ultralytics' (non-atomic) write is kept aside, not resumed from."""
     torch = pytest.importorskip("torch")
-    from flows.engine.data import weights_problem
+    from flows.engine.data.checks import weights_problem
 
     run_dir = tmp_path / "run" / "phases" / "phase1"
     (run_dir / "weights").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Tests for flows.engine.sampling: which trials a search node trains."""
+"""Tests for flows.engine.plan.sampling: which trials a search node trains."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.engine.sampling import (
+from flows.engine.plan.sampling import (
     METHODS,
     SamplingError,
     describe_design,

@@ -63,8 +63,8 @@ def test_engine_never_reads_secret_settings():
 
 def test_problem_lines_never_echo_the_environment(tmp_path: Path, monkeypatch):
     """A refused plan says what is wrong with the file, not what the environment holds."""
-    from flows.engine.loader import load_plan
-    from flows.engine.problems import PlanError
+    from flows.engine.plan.loader import load_plan
+    from flows.engine.plan.problems import PlanError
 
     monkeypatch.setenv("PREFECT_API_AUTH_STRING", AUTH)
     plan = tmp_path / "plan.yaml"

@@ -13,8 +13,8 @@ import pytest
 from conftest import REPLAYS, SHIPPED_PLAN, needs_shared
 
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
-from flows.engine.results import TrainSpec
-from flows.engine.walk import train_spec
+from flows.engine.decisions.walk import train_spec
+from flows.engine.records.results import TrainSpec
 from tasks.train import RESULTS_FOLDER, cached_train_task, train_cache_key, train_cache_key_of
 
 pytestmark = needs_shared

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.engine.results import EpochEvent, TrainSpec
-from tasks import _train_child
-from tasks.ultra_trainer import Outcome, StopTraining, UltralyticsTrainer, build_result, terminate
+from flows.engine.records.results import EpochEvent, TrainSpec
+from tasks.trainers import ultra_child as _train_child
+from tasks.trainers.ultra import Outcome, StopTraining, UltralyticsTrainer, build_result, terminate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 GOLFBALL = SHARED / "datasets" / "golfball_small" / "data.yaml"

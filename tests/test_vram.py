@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.vram import GIB, GpuSnapshot, PeakSampler, VramProbe
+from tasks.trainers.vram import GIB, GpuSnapshot, PeakSampler, VramProbe
 
 
 class FakeNVMLError(Exception):
@@ -83,7 +83,7 @@ def test_init_is_done_once_for_many_snapshots() -> None:
 def test_failing_init_returns_unavailable_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
     fake = NoDriverNVML()
     probe = VramProbe(nvml=fake)
-    with caplog.at_level(logging.INFO, logger="tasks.vram"):
+    with caplog.at_level(logging.INFO, logger="tasks.trainers.vram"):
         snaps = [probe.snapshot() for _ in range(5)]
     probe.close()
     assert all(not s.available for s in snaps)

@@ -13,12 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.engine.data import check_dataset, check_runs_dir, fingerprint_dataset, weights_problem
-from flows.engine.loader import load_plan
-from flows.engine.problems import PlanError, Problem, errors_of
-from flows.engine.resolve import inherited, node_args, resolve_path, trial_args
-from flows.engine.schema import Plan, SearchNode, TrainNode
-from flows.engine.validate import check_plan
+from flows.engine.data.checks import check_dataset, check_runs_dir, fingerprint_dataset, weights_problem
+from flows.engine.plan.loader import load_plan
+from flows.engine.plan.problems import PlanError, Problem, errors_of
+from flows.engine.plan.resolve import inherited, node_args, resolve_path, trial_args
+from flows.engine.plan.schema import Plan, SearchNode, TrainNode
+from flows.engine.plan.validate import check_plan
 
 
 class OptimizeRequest(BaseModel):
@@ -127,7 +127,7 @@ def check_models(plan: Plan, source: str, plan_dir: Path, force: dict[str, Any])
 
 def check_replay(request: OptimizeRequest, plan: Plan) -> list[Problem]:
     """A replay SPEC must parse and cover every node that trains."""
-    from tasks.replay import ReplaySpecError, load_replay_spec
+    from flows.engine.records.replay_spec import ReplaySpecError, load_replay_spec
 
     assert request.replay is not None
     try:
@@ -150,7 +150,7 @@ def collect_problems(request: OptimizeRequest) -> tuple[Plan | None, dict[str, A
     force = {**force, **request.overrides}
     problems = check_plan(plan, source)
     if not errors_of(problems):
-        from flows.engine.ultra_args import check_plan_args
+        from flows.engine.plan.ultra_args import check_plan_args
 
         problems += check_plan_args(plan, source, force)
         problems += check_models(plan, source, request.plan.parent, force)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flows.engine.results import ConditionRow, GateResult, PhaseResult, Verdict
-from flows.engine.schema import Condition, FlagCheck, GateNode, MetricCheck, SpeedupCheck, VramCheck
+from flows.engine.plan.schema import Condition, FlagCheck, GateNode, MetricCheck, SpeedupCheck, VramCheck
+from flows.engine.records.results import ConditionRow, GateResult, PhaseResult, Verdict
 
 
 def fmt(value: float | None, pattern: str = "{:.4f}") -> str:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.engine.results import EpochRecord
+from flows.engine.records.results import EpochRecord
 
 MERGE_MARKERS = ("<<<<<<<", "=======", ">>>>>>>")
 """Prefixes of the lines git leaves in a file with a merge conflict."""

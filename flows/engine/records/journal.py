@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_write_text
-from flows.engine.results import Frozen, GateResult, PhaseResult, TrainSpec
+from flows.engine.records.results import Frozen, GateResult, PhaseResult, TrainSpec
 
 JOURNAL = "journal.jsonl"
 IDENTITY = "run.json"

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flows.engine.config import RunConfig
-from flows.engine.gates import evaluate_gate
-from flows.engine.results import GateResult, PhaseResult, TrainSpec
-from flows.engine.sampling import describe_design, sample_trials
-from flows.engine.schema import GateNode, SearchNode, TrainNode
+from flows.engine.decisions.gates import evaluate_gate
+from flows.engine.plan.sampling import describe_design, sample_trials
+from flows.engine.plan.schema import GateNode, SearchNode, TrainNode
+from flows.engine.records.results import GateResult, PhaseResult, TrainSpec
 
 
 class Executor(Protocol):

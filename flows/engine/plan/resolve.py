@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.engine.schema import Plan, SearchNode, TrainNode
+from flows.engine.plan.schema import Plan, SearchNode, TrainNode
 
 DEFAULT_EPOCHS = 100
 """Ultralytics' own default, used when neither the plan nor the node sets epochs."""

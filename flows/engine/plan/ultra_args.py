@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flows.engine.problems import Problem
-from flows.engine.resolve import node_args, trial_args
-from flows.engine.schema import Plan, SearchNode, TrainNode
+from flows.engine.plan.problems import Problem
+from flows.engine.plan.resolve import node_args, trial_args
+from flows.engine.plan.schema import Plan, SearchNode, TrainNode
 
 RESERVED = {
     "data": "give the dataset with --data (or the deployment's data parameter)",
@@ -137,7 +137,7 @@ def check_resolved(
 
 def check_plan_args(plan: Plan, source: str, force: dict[str, Any] | None = None) -> list[Problem]:
     """Check every argument block in the plan and every run's merged arguments."""
-    from flows.engine.resolve import inherited
+    from flows.engine.plan.resolve import inherited
 
     defaults = default_cfg()
     problems = check_args_block(source, "defaults", plan.defaults, defaults)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flows.engine.problems import Problem
-from flows.engine.schema import (
+from flows.engine.plan.problems import Problem
+from flows.engine.plan.schema import (
     TERMINAL_KINDS,
     DeployNode,
     GateNode,
@@ -21,7 +21,7 @@ from flows.engine.schema import (
     SpeedupCheck,
     TrainNode,
 )
-from flows.engine.tree import always_before, edges_of, find_cycle, reachable
+from flows.engine.plan.tree import always_before, edges_of, find_cycle, reachable
 
 
 def check_targets(plan: Plan, source: str) -> list[Problem]:
@@ -166,7 +166,7 @@ def check_sanity(plan: Plan, source: str) -> list[Problem]:
 
 def check_designs(plan: Plan, source: str) -> list[Problem]:
     """Each search's design must be able to choose its trials (a grid within max_trials, a fitting array)."""
-    from flows.engine.sampling import SamplingError, sample_trials
+    from flows.engine.plan.sampling import SamplingError, sample_trials
 
     problems = []
     for name, node in plan.nodes.items():

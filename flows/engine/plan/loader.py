@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from flows.engine.problems import PlanError, Problem
-from flows.engine.schema import Plan, Profile
+from flows.engine.plan.problems import PlanError, Problem
+from flows.engine.plan.schema import Plan, Profile
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 """A plan or dataset YAML is a few kilobytes; anything this big is the wrong file."""

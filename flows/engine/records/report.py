@@ -13,8 +13,8 @@ from itertools import pairwise
 from pathlib import Path
 
 from flows.engine.fsutil import atomic_write_bytes
-from flows.engine.registry import gate_table
-from flows.engine.results import Decision, PhaseResult, TreeView
+from flows.engine.records.registry import gate_table
+from flows.engine.records.results import Decision, PhaseResult, TreeView
 
 SHAPES = {
     "train": ('["', '"]'),

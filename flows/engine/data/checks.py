@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows.engine.problems import PlanError, Problem
+from flows.engine.plan.problems import PlanError, Problem
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo"}
 MAX_LABEL_PROBLEMS = 10
@@ -54,7 +54,7 @@ def is_dir(path: Path) -> bool:
 
 def load_data_yaml(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     """Read the dataset YAML safely (the plan's reader: no duplicate keys, bounded size)."""
-    from flows.engine.loader import read_yaml
+    from flows.engine.plan.loader import read_yaml
 
     src = str(path)
     if is_dir(path):

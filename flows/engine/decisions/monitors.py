@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flows.engine.results import EpochEvent
-from flows.engine.schema import Monitor
+from flows.engine.plan.schema import Monitor
+from flows.engine.records.results import EpochEvent
 
 
 class StopTraining(Exception):

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from flows.engine.results import TreeEdge, TreeView
-from flows.engine.schema import (
+from flows.engine.plan.schema import (
     TERMINAL_KINDS,
     DeployNode,
     GateNode,
@@ -18,6 +17,7 @@ from flows.engine.schema import (
     SearchNode,
     TrainNode,
 )
+from flows.engine.records.results import TreeEdge, TreeView
 
 
 def edges_of(plan: Plan) -> list[TreeEdge]:

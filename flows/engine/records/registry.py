@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flows.engine.decisions.gates import shortfalls
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_copy, atomic_write_text, write_text_once
-from flows.engine.gates import shortfalls
-from flows.engine.results import GateResult, PhaseResult
+from flows.engine.records.results import GateResult, PhaseResult
 
 MAX_VERSIONS = 100_000
 

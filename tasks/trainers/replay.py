@@ -3,7 +3,8 @@
 Walking every branch of a plan for real costs days of GPU time; replaying real ``results.csv``
 files walks any branch in seconds, with real learning curves, so gates, monitors, reports and the
 deploy step can be exercised end to end. The replay trainer has the same interface as the real
-one: ``ReplayTrainer(spec_path).train(spec, on_epoch) -> PhaseResult``.
+one: ``ReplayTrainer(replay_spec).train(spec, on_epoch) -> PhaseResult``; the SPEC is loaded and
+checked once, in validation (``flows.engine.records.replay_spec``).
 
 Replay SPEC (YAML; see docs/REPLAY.md)::
 
@@ -32,189 +33,33 @@ Pure: no torch, Ultralytics or Prefect.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    PrivateAttr,
-    Tag,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-
+from flows.engine.decisions.monitors import StopTraining
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_write_text, write_text_once
-from flows.engine.monitors import StopTraining
-from flows.engine.records import (
-    RecordError,
-    best_epoch,
-    epoch_durations,
-    median_after_first,
-    read_results_csv,
-)
-from flows.engine.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
+from flows.engine.records.replay_spec import ReplaySpec, RunEntry, load_replay_spec
+from flows.engine.records.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
+from flows.engine.records.results_csv import best_epoch, epoch_durations, median_after_first, read_results_csv
 
 DEFAULT_BATCH = 16
 """Ultralytics' default ``batch``."""
 DEFAULT_NBS = 64
 """Ultralytics' default nominal batch size."""
 DIVERGED_REASON = "NaN/Inf loss; recoveries exhausted"
-UNION_TAGS = ("run", "search", "one", "list")
-"""Names pydantic puts in an error's location for a union's branch; left out of messages."""
-
-
-class ReplaySpecError(ValueError):
-    """A replay SPEC that cannot be used; the message names the SPEC file, the key path and the problem."""
-
-
-class RunEntry(BaseModel):
-    """One recorded run and what the replay reports beside its curve.
-
-    ``csv`` is relative to the SPEC file. ``scale_map`` multiplies mAP50 and mAP50-95 and
-    ``offset_map50_95`` is then added to mAP50-95 (both clipped to 0..1): they turn one real curve
-    into a pass or a fail of a gate. ``train_images`` lets images/s be derived from the record's
-    ``time`` column when ``images_per_s`` is not given.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    csv: Path
-    images_per_s: float | None = Field(default=None, gt=0)
-    train_images: int | None = Field(default=None, ge=1)
-    inference_ms: float | None = Field(default=None, gt=0)
-    torch_peak_reserved_gb: float | None = Field(default=None, ge=0)
-    nvml_peak_used_gb: float | None = Field(default=None, ge=0)
-    gpu_name: str | None = None
-    diverged: bool = False
-    nan_recoveries: int = Field(default=0, ge=0)
-    batch_used: int | None = Field(default=None, ge=1)
-    scale_map: float | None = Field(default=None, gt=0)
-    offset_map50_95: float | None = Field(default=None, ge=-1, le=1)
-
-    @field_validator("csv")
-    @classmethod
-    def _check_csv(cls, value: Path, info: ValidationInfo) -> Path:
-        """Resolve the record against the SPEC's folder and prove it is a results.csv with epochs."""
-        base = (info.context or {}).get("base_dir", Path.cwd())
-        path = (Path(base) / value).resolve()
-        if not path.is_file():
-            raise ValueError(f"file not found: {path}")
-        try:
-            records = read_results_csv(path)
-        except RecordError as exc:
-            raise ValueError(str(exc)) from exc
-        if not records:
-            raise ValueError(f"{path} holds no epochs")
-        return path
-
-
-class SearchEntry(BaseModel):
-    """A search node: its trials (in order, cycled) and the full run of the best trial."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    trials: Annotated[
-        Annotated[RunEntry, Tag("one")] | Annotated[list[RunEntry], Field(min_length=1), Tag("list")],
-        Discriminator(lambda value: "list" if isinstance(value, list) else "one"),
-    ]
-    full: RunEntry
-
-    def trial_entry(self, trial: int) -> RunEntry:
-        """The entry for 0-based ``trial``; a list shorter than the trials is cycled."""
-        if isinstance(self.trials, RunEntry):
-            return self.trials
-        return self.trials[trial % len(self.trials)]
-
-
-def _entry_kind(value: Any) -> str:
-    """Tell a search entry (has ``trials`` or ``full``) from a plain run entry."""
-    keys = value.keys() if isinstance(value, dict) else vars(value) if isinstance(value, BaseModel) else ()
-    return "search" if {"trials", "full"} & set(keys) else "run"
-
-
-NodeEntry = Annotated[
-    Annotated[RunEntry, Tag("run")] | Annotated[SearchEntry, Tag("search")],
-    Discriminator(_entry_kind),
-]
-
-
-class ReplaySpec(BaseModel):
-    """A validated replay SPEC: which recorded run each plan node replays."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    default: NodeEntry | None = None
-    nodes: dict[str, NodeEntry] = Field(default_factory=dict)
-    _source: Path | None = PrivateAttr(default=None)
-    """The SPEC file it was loaded from (set by ``load_replay_spec``), for messages."""
-
-    @property
-    def source(self) -> Path | None:
-        """The SPEC file this was loaded from, when it came from one."""
-        return self._source
-
-    def missing_nodes(self, train_nodes: Iterable[str]) -> list[str]:
-        """Train nodes that have neither an entry nor a default, in the order given."""
-        if self.default is not None:
-            return []
-        return [node for node in train_nodes if node not in self.nodes]
-
-    def entry_for(self, node: str, trial: int | None) -> RunEntry:
-        """The recorded run for a node (a search's trial, or its full run when ``trial`` is None)."""
-        entry = self.nodes.get(node, self.default)
-        if entry is None:
-            raise ReplaySpecError(f"{self.source}: nodes.{node}: no entry for this node and no default")
-        if isinstance(entry, RunEntry):
-            return entry
-        return entry.full if trial is None else entry.trial_entry(trial)
-
-
-def load_replay_spec(path: Path) -> ReplaySpec:
-    """Read and validate a replay SPEC, checking every recorded run it names, before anything runs."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ReplaySpecError(f"{path}: cannot read the replay SPEC ({exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise ReplaySpecError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-    except yaml.YAMLError as exc:
-        raise ReplaySpecError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ReplaySpecError(f"{path}: a replay SPEC is a mapping with 'nodes' and/or 'default'")
-    try:
-        spec = ReplaySpec.model_validate(data, context={"base_dir": path.resolve().parent})
-    except ValidationError as exc:
-        raise ReplaySpecError(_describe(path, exc)) from exc
-    if spec.default is None and not spec.nodes:
-        raise ReplaySpecError(f"{path}: no 'nodes' and no 'default': nothing to replay")
-    spec._source = path
-    return spec
-
-
-def _describe(path: Path, exc: ValidationError) -> str:
-    """One line per problem: SPEC file, key path (without pydantic's union tags) and message."""
-    lines = []
-    for error in exc.errors():
-        keys = [str(part) for part in error["loc"] if part not in UNION_TAGS]
-        problem = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        problem = problem.removeprefix("Value error, ")
-        lines.append(f"{path}: {'.'.join(keys) or '<top>'}: {problem}")
-    return "\n".join(lines)
 
 
 class ReplayTrainer:
     """Replays recorded results.csv files in place of training (same interface as the real trainer)."""
 
-    def __init__(self, spec_path: Path) -> None:
-        self.spec = load_replay_spec(spec_path)
+    def __init__(self, replay: ReplaySpec) -> None:
+        self.spec = replay
+
+    @classmethod
+    def from_file(cls, path: Path) -> ReplayTrainer:
+        """A trainer for the SPEC file at ``path`` (loaded and checked now; tests and benchmarks)."""
+        return cls(load_replay_spec(path))
 
     def train(self, spec: TrainSpec, on_epoch: Callable[[EpochEvent], None]) -> PhaseResult:
         """Replay the node's recorded run: stream its epochs, write its files, return its result."""

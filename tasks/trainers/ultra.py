@@ -1,7 +1,7 @@
 """The real trainer: Ultralytics training in a child process, streamed back one epoch at a time.
 
 Why a child process: a flow that is cancelled, interrupted or killed must give the GPU back at
-once, and a CUDA context only dies with its process. The child (``tasks._train_child``) is
+once, and a CUDA context only dies with its process. The child (``tasks.trainers.ultra_child``) is
 spawned, reports through one queue, and is terminated (SIGTERM, then SIGKILL) whenever the
 parent stops waiting for any reason; if the parent itself is killed, the child notices and exits.
 
@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from flows.engine.monitors import StopTraining
-from flows.engine.records import RecordError, median_after_first, read_results_csv
-from flows.engine.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
+from flows.engine.decisions.monitors import StopTraining
+from flows.engine.records.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
+from flows.engine.records.results_csv import RecordError, median_after_first, read_results_csv
 
 LOG = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class UltralyticsTrainer:
 
     def train(self, spec: TrainSpec, on_epoch: Callable[[EpochEvent], None]) -> PhaseResult:
         """Run one training to the end and return its result; re-raises after killing the child."""
-        from tasks._train_child import run_training
+        from tasks.trainers.ultra_child import run_training
 
         context = multiprocessing.get_context("spawn")
         messages = context.Queue()

@@ -51,7 +51,7 @@ def run_training(spec_json: str, device: str | None, messages: Any, control: Any
     _watch_parent()
     channel = Channel(messages, control)
     try:
-        from flows.engine.results import TrainSpec
+        from flows.engine.records.results import TrainSpec
 
         spec = TrainSpec.model_validate_json(spec_json)
         channel.send("result", train(spec, device, channel))
@@ -171,7 +171,7 @@ class Session:
 
     def epoch_event(self, trainer: Any) -> dict:
         """Build the EpochEvent of the epoch that just ended, as a dict."""
-        from flows.engine.results import EpochEvent
+        from flows.engine.records.results import EpochEvent
 
         speed = self.images_per_second(trainer)
         if speed is not None:
@@ -206,7 +206,7 @@ class Session:
 
 def epoch_record(trainer: Any) -> Any:
     """The row Ultralytics appends to results.csv for this epoch, as an EpochRecord."""
-    from flows.engine.results import EpochRecord
+    from flows.engine.records.results import EpochRecord
 
     metrics = trainer.metrics or {}
     losses = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss else {}
@@ -401,7 +401,7 @@ def train(spec: Any, device: str | None, channel: Channel) -> dict[str, Any]:
     """Build the model, train it and return the result payload (status completed, diverged or failed)."""
     from ultralytics import YOLO
 
-    from tasks.vram import PeakSampler, VramProbe
+    from tasks.trainers.vram import PeakSampler, VramProbe
 
     forward_ultralytics_logs(channel)
     args = train_args(spec, device)
