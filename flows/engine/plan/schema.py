@@ -277,6 +277,29 @@ class FlagCheck(Strict):
 Condition = Annotated[MetricCheck | SpeedupCheck | VramCheck | FlagCheck, Field(discriminator="check")]
 
 
+EarlyPolicy = Literal["off", "safe", "aggressive"]
+
+
+class EarlyDecisions(Strict):
+    """Whether (and how boldly) a running phase is stopped once the gate that will judge it can no longer pass.
+
+    ``safe`` never stops a phase that would have passed on any curve of the calibration set (see
+    docs/EARLY_DECISIONS.md); ``aggressive`` saves more and may be wrong; ``off`` trains every epoch.
+    """
+
+    policy: EarlyPolicy = "off"
+    speed_tolerance: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="A speed-up condition is lost early only when the measured speed-up is below its "
+        "minimum by more than this (fraction: 0.05 = 5 points).",
+    )
+    speed_after_epochs: int = Field(
+        default=2, ge=1, description="Throughput counts as stable after this many epochs (warm-up excluded)."
+    )
+
+
 class GateNode(Strict):
     """All conditions on the subject's result must pass; the gate names where each outcome goes."""
 
@@ -287,6 +310,7 @@ class GateNode(Strict):
     on_unknown: UnknownPolicy = Field(
         default="fail", description="What a figure that could not be measured (no GPU: no VRAM) counts as."
     )
+    early: EarlyDecisions = Field(default_factory=EarlyDecisions)
     on_pass: str
     on_fail: str
 
