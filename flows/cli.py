@@ -7,21 +7,25 @@ one line per problem and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
+from flows.engine.data.dataset import describe_dataset
+from flows.engine.errors import EXIT_RUN_ERROR, TrainingError
 from flows.engine.plan.problems import EXIT_BAD_INPUT, PlanError
 from flows.engine.plan.resolve import planned_epochs
 from flows.engine.plan.schema import GateNode
 from flows.engine.plan.tree import paths, tree_view
 from flows.engine.records.report import text_tree
-from flows.engine.records.results import Decision
+from flows.engine.records.results import Decision, PhaseResult
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PLAN = PROJECT_ROOT / "configs" / "fod_plan.yaml"
@@ -118,7 +122,8 @@ def request_from(args: argparse.Namespace) -> OptimizeRequest:
 def describe_plan(cfg: RunConfig) -> str:
     """What --dry-run prints: tree, gate rules, planned epochs per branch."""
     plan = cfg.plan
-    lines = [f"plan {plan.plan} ({cfg.request.plan}), profile {cfg.request.profile}", "", "tree:"]
+    lines = [f"plan {plan.plan} ({cfg.request.plan}), profile {cfg.request.profile}", ""]
+    lines += [*describe_dataset(cfg.dataset), "", "tree:"]
     lines.append(text_tree(tree_view(plan)))
     lines += ["", "path rules:"]
     for name, node in plan.nodes.items():
@@ -152,23 +157,24 @@ EPHEMERAL_STARTUP_S = 120
 """Prefect's embedded server needs more than its default 20 s on a busy 2-core machine."""
 
 
-def run_flow(request: OptimizeRequest) -> Decision:
-    """Run the flow, giving Prefect's embedded server time to start when no API URL is set."""
+def run_flow(cfg: RunConfig) -> Decision:
+    """Run the flow on a validated config, giving Prefect's embedded server time to start when no API URL
+    is set."""
     from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
     from prefect.settings import temporary_settings
 
-    from flows.fod_flow import optimize
+    from flows.fod_flow import optimize_prepared
 
     updates: dict = {ANALYTICS: False}  # offline machines: no telemetry errors in the log
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
         updates[STARTUP] = max(STARTUP.value(), EPHEMERAL_STARTUP_S)
-    with temporary_settings(updates):
-        return optimize(request)
+    with temporary_settings(updates), quiet_tracebacks(TrainingError):
+        return optimize_prepared(cfg)
 
 
 def run_cli(argv: list[str] | None = None) -> int:
-    """Parse, validate (exit 2 on bad input), then dry-run or run the flow."""
+    """Parse, validate (exit 2 on bad input), then dry-run or run the flow (exit 3 on a run error)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     try:
@@ -182,13 +188,78 @@ def run_cli(argv: list[str] | None = None) -> int:
         print(describe_plan(cfg))
         return 0
     started = time.monotonic()
-    decision = run_flow(request)
-    run_dir = request.runs_dir / decision.run_id
-    print(
-        f"terminal: {decision.terminal} ({decision.terminal_kind}) after {time.monotonic() - started:.0f} s"
-    )
+    try:
+        decision = run_flow(cfg)
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(
+            "the run stopped; nothing further was trained. Fix the cause and run the same command again: "
+            "finished steps are kept and this one starts again (from its last.pt where there is one).",
+            file=sys.stderr,
+        )
+        return EXIT_RUN_ERROR
+    print_summary(decision, request.runs_dir / decision.run_id, time.monotonic() - started)
+    return 0
+
+
+def print_summary(decision: Decision, run_dir: Path, seconds: float) -> None:
+    """The end of a run: where it went, a table of what trained, and where the report is."""
+    print(f"terminal: {decision.terminal} ({decision.terminal_kind}) after {seconds:.0f} s")
     print(f"path: {' → '.join(decision.path)}")
+    print(summary_table([*decision.phases, *decision.trials]))
     if decision.deployed_model:
         print(f"deployed model: {decision.deployed_model}")
     print(f"report: {run_dir / 'REPORT.md'}")
-    return 0
+
+
+def summary_table(runs: list[PhaseResult]) -> str:
+    """One line per training: node, status, mAP50-95, epochs, time (phases first, then trials)."""
+    rows = [("run", "status", "mAP50-95", "epochs", "time")]
+    for run in runs:
+        value = run.metrics.map50_95
+        rows.append(
+            (
+                run.label,
+                run.status,
+                "n/a" if value is None else f"{value:.4f}",
+                f"{run.epochs_done}/{run.epochs_planned}",
+                "n/a" if run.wall_s is None else f"{run.wall_s:.0f} s",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    )
+
+
+@contextlib.contextmanager
+def quiet_tracebacks(*kinds: type[BaseException]) -> Iterator[None]:
+    """Keep the terminal free of tracebacks for errors whose message says it all (``TrainingError``).
+
+    Prefect logs a failed task or flow with its traceback; the console handlers print the message
+    without it, while the flow run's log in the UI (the API handler) keeps the traceback.
+    """
+    import logging
+
+    class DropTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            if exc is not None and isinstance(exc, kinds):
+                record.exc_info = None
+                record.exc_text = None
+            return True
+
+    quiet = DropTraceback()
+    handlers = [
+        h
+        for name in ("prefect", "prefect.flow_runs", "prefect.task_runs")
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)

@@ -11,12 +11,12 @@ epochs done of planned as the walk goes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
+from flows.engine.data.dataset import write_dataset_copy
 from flows.engine.decisions.walk import walk_tree
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import make_unique_dir
@@ -40,7 +40,7 @@ from tasks.publish import (
     publish_gate,
     write_report,
 )
-from tasks.train import cached_train_task
+from tasks.train import cached_train_task, checkpoint_check
 
 
 class PrefectExecutor:
@@ -52,13 +52,7 @@ class PrefectExecutor:
 
     def train(self, spec: TrainSpec) -> PhaseResult:
         """One training as a task run named after the node (and trial)."""
-        if spec.trial is not None:
-            name = f"trial-{spec.node}-{spec.trial:02d}"
-        elif spec.run_dir.name == "full":
-            name = f"full-{spec.node}"
-        else:
-            name = f"train-{spec.node}"
-        return cached_train_task(spec).with_options(task_run_name=name)(spec, self.cfg)
+        return cached_train_task(spec).with_options(task_run_name=spec.task_run_name)(spec, self.cfg)
 
     def gate(self, result: GateResult) -> None:
         """Publish the gate's table."""
@@ -139,28 +133,34 @@ def name_flow_run() -> str:
     """Flow runs are named after the plan and profile."""
     from prefect.runtime import flow_run
 
-    request = flow_run.parameters.get("request")
-    plan = Path(getattr(request, "plan", None) or request.get("plan", "plan")).stem if request else "plan"
-    profile = (getattr(request, "profile", None) if request else None) or "full"
+    given = flow_run.parameters.get("request") or getattr(flow_run.parameters.get("cfg"), "request", None)
+    request = OptimizeRequest.model_validate(given) if given is not None else None
+    plan = request.plan.stem if request else "plan"
+    profile = (request.profile if request else None) or "full"
     return f"{plan}-{profile}-{time.strftime('%m%d-%H%M%S')}"
-
-
-def checkpoint_check(cfg: RunConfig) -> Callable[[Path], str | None]:
-    """How a last.pt is judged before resuming: a real torch.save archive for Ultralytics.
-
-    The replay trainer's last.pt is a text placeholder, so it is taken as it is.
-    """
-    if cfg.trainer == "ultralytics":
-        from flows.engine.data.checks import weights_problem
-
-        return weights_problem
-    return lambda _: None
 
 
 @flow(name="fod-optimize", flow_run_name=name_flow_run, log_prints=True)
 def optimize(request: OptimizeRequest) -> Decision:
-    """Validate the request, walk the tree to a terminal, deploy or keep the baseline, write the report."""
-    cfg = prepare(request)
+    """Validate the request, walk the tree to a terminal, deploy or keep the baseline, write the report.
+
+    The deployments' entrypoint (the UI's form is this request).
+    """
+    return walk_run(prepare(request))
+
+
+@flow(name="fod-optimize", flow_run_name=name_flow_run, log_prints=True, validate_parameters=False)
+def optimize_prepared(cfg: RunConfig) -> Decision:
+    """The same flow for a request the command line has already validated: nothing is read twice."""
+    return walk_run(cfg)
+
+
+def walk_run(cfg: RunConfig) -> Decision:
+    """Open (or resume) the run folder, walk the tree to a terminal, finish it and write the report.
+
+    A training that ends in an error raises ``TrainingError`` out of here: the flow run fails, the
+    journal has recorded the error, and running the same request again resumes this run.
+    """
     logger = get_run_logger()
     for warning in cfg.warnings:
         logger.warning(warning)
@@ -169,6 +169,7 @@ def optimize(request: OptimizeRequest) -> Decision:
         logger.warning(note)
     logger.info(f"run folder {run_dir}")
     with locked(run_dir):
+        write_dataset_copy(cfg.dataset, run_dir)
         journal = Journal(run_dir)
         progress = ProgressArtifact(WalkProgress(cfg.plan, cfg.force))
         journaling = JournalingExecutor(

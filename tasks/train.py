@@ -14,9 +14,10 @@ returns the stored ``PhaseResult`` without training. The run journal stays the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,8 +26,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.engine.config import RunConfig
 from flows.engine.decisions.monitors import MonitorHit, StopTraining, check_monitors
+from flows.engine.errors import ChildKilled, TrainingError
 from flows.engine.fsutil import atomic_write_text
-from flows.engine.plan.schema import Monitor, SearchNode, TrainNode
 from flows.engine.records.journal import code_version
 from flows.engine.records.results import EpochEvent, PhaseResult, TrainSpec
 
@@ -40,29 +41,26 @@ class Trainer(Protocol):
 
 
 def make_trainer(cfg: RunConfig, log: Callable[[str], None] | None = None) -> Trainer:
-    """The replay trainer when the request names a SPEC, else real Ultralytics training."""
-    if cfg.trainer == "replay":
+    """The replay trainer when the request names a SPEC (loaded once, in validation), else Ultralytics."""
+    if cfg.replay is not None:
         from tasks.trainers.replay import ReplayTrainer
 
-        assert cfg.request.replay is not None
-        return ReplayTrainer.from_file(cfg.request.replay)
+        return ReplayTrainer(cfg.replay)
     from tasks.trainers.ultra import UltralyticsTrainer
 
     return UltralyticsTrainer(log=log)
 
 
-def monitors_for(cfg: RunConfig, node: str) -> list[Monitor]:
-    """Monitors declared on the node (a search's monitors apply to its trials and full run)."""
-    target = cfg.plan.nodes[node]
-    return list(target.monitors) if isinstance(target, TrainNode | SearchNode) else []
+def checkpoint_check(cfg: RunConfig) -> Callable[[Path], str | None]:
+    """How a last.pt is judged before resuming from it: a real torch.save archive for Ultralytics.
 
+    The replay trainer's last.pt is a text placeholder, so it is taken as it is.
+    """
+    if cfg.replay is None:
+        from flows.engine.data.checks import weights_problem
 
-def run_label(spec: TrainSpec) -> str:
-    """How a run is named in logs and the UI: node, trial or full run."""
-    if spec.trial is not None:
-        return f"{spec.node} trial {spec.trial}"
-    node_is_search = spec.run_dir.name == "full"
-    return f"{spec.node} full run" if node_is_search else spec.node
+        return weights_problem
+    return lambda _: None
 
 
 def epoch_line(label: str, event: EpochEvent) -> str:
@@ -86,10 +84,10 @@ PROGRESS_STEP = 5.0
 class EpochReporter:
     """Receives every epoch: logs it, moves the progress bar, raises monitor warnings once each."""
 
-    def __init__(self, spec: TrainSpec, monitors: list[Monitor]):
+    def __init__(self, spec: TrainSpec):
         self.spec = spec
-        self.monitors = monitors
-        self.label = run_label(spec)
+        self.monitors = spec.monitors
+        self.label = spec.label
         self.logger = get_run_logger()
         self.warned: set[str] = set()
         self.shown = 0.0
@@ -138,20 +136,25 @@ def save_result(result: PhaseResult, spec: TrainSpec) -> None:
 
 @task(name="train", task_run_name="train-{spec.node}", retries=0)
 def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
-    """Train one spec with the configured trainer; log every epoch; return the typed result."""
+    """Train one spec with the configured trainer; log every epoch; return the typed result.
+
+    An error stops the walk (``TrainingError`` propagates: the task and the flow run fail) unless the
+    node says ``on_error: continue``, which turns it into a ``failed`` result. A training process
+    killed by a signal is retried once, from its last.pt.
+    """
     logger = get_run_logger()
-    reporter = EpochReporter(spec, monitors_for(cfg, spec.node))
+    reporter = EpochReporter(spec)
     logger.info(f"{reporter.label}: {spec.epochs} epochs of {spec.model.name}, args {spec.args}")
     trainer = make_trainer(cfg, log=logger.info)
-    slots = gpu_slots(spec) if cfg.trainer == "ultralytics" else []
-    if slots:
-        from prefect.concurrency.sync import concurrency
-
-        logger.info(f"{reporter.label}: waiting for {', '.join(slots)}")
-        with concurrency(slots, occupy=1):
-            result = trainer.train(spec, reporter)
-    else:
-        result = trainer.train(spec, reporter)
+    with gpu_slots_held(spec, cfg, logger.info):
+        try:
+            result = train_retrying(trainer, spec, reporter, checkpoint_check(cfg), logger.warning)
+        except TrainingError as exc:
+            if spec.on_error != "continue":
+                logger.error(f"{reporter.label}: {exc.message}; the run stops here (fix it, then run again)")
+                raise
+            logger.error(f"{reporter.label}: {exc.message}; on_error: continue, so it counts as failed")
+            result = failed_result(spec, exc)
     save_result(result, spec)
     logger.info(
         f"{reporter.label}: {result.status}, mAP50-95 {result.metrics.map50_95}, "
@@ -160,18 +163,65 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
     return result
 
 
+@contextlib.contextmanager
+def gpu_slots_held(spec: TrainSpec, cfg: RunConfig, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold the GPU slots a real training needs (none for CPU and for replays)."""
+    slots = gpu_slots(spec) if cfg.replay is None else []
+    if not slots:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    log(f"{spec.label}: waiting for {', '.join(slots)}")
+    with concurrency(slots, occupy=1):
+        yield
+
+
+def train_retrying(
+    trainer: Trainer,
+    spec: TrainSpec,
+    on_epoch: Callable[[EpochEvent], None],
+    checkpoint_problem: Callable[[Path], str | None],
+    warn: Callable[[str], None],
+) -> PhaseResult:
+    """Train; if the training process is killed by a signal (the OOM killer), retry once from last.pt."""
+    try:
+        return trainer.train(spec, on_epoch)
+    except ChildKilled as exc:
+        retry = resumable(spec, checkpoint_problem)
+        start = f"from {retry.resume_from}" if retry.resume_from else "from the start (no usable last.pt)"
+        warn(f"{spec.label}: {exc.message}; retrying once, {start}")
+        return trainer.train(retry, on_epoch)
+
+
+def resumable(spec: TrainSpec, checkpoint_problem: Callable[[Path], str | None]) -> TrainSpec:
+    """The spec resumed from its own last.pt when that is a usable checkpoint, else as it is."""
+    last = Path(spec.run_dir) / "weights" / "last.pt"
+    if last.is_file() and checkpoint_problem(last) is None:
+        return spec.model_copy(update={"resume_from": last})
+    return spec
+
+
+def failed_result(spec: TrainSpec, exc: TrainingError) -> PhaseResult:
+    """An error turned into an outcome (``on_error: continue``): failed, with the error as its reason."""
+    return PhaseResult(
+        **spec.ref().model_dump(),
+        status="failed",
+        reason=exc.message,
+        epochs_planned=spec.epochs,
+        batch_requested=spec.args.get("batch") if isinstance(spec.args.get("batch"), int) else None,
+    )
+
+
 RESULTS_FOLDER = ".prefect-results"
 """Where ``cached_train_task`` persists its result: inside the training's own folder of the run."""
 
 
 def replay_fingerprint(cfg: RunConfig) -> str | None:
-    """A hash of the replay SPEC's text (a changed SPEC replays something else), or None."""
-    if cfg.request.replay is None:
+    """A hash of the loaded replay SPEC (a changed SPEC replays something else), or None."""
+    if cfg.replay is None:
         return None
-    try:
-        return hashlib.sha256(Path(cfg.request.replay).read_bytes()).hexdigest()[:16]
-    except OSError:
-        return "unreadable"
+    return hashlib.sha256(cfg.replay.model_dump_json().encode()).hexdigest()[:16]
 
 
 def train_cache_key_of(spec: TrainSpec, cfg: RunConfig, version: str | None = None) -> str:

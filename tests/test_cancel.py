@@ -118,6 +118,7 @@ def cancel(run_id: Any, stack: Stack) -> None:
 def test_resumed_training_counts_the_epochs_before_its_checkpoint(tmp_path):
     """Ultralytics' resume reports only the epochs after last.pt: the result takes the rest from results.csv."""
     from flows.engine.records.results import EpochRecord, TrainSpec
+    from tasks.trainers.messages import ChildResult
     from tasks.trainers.ultra import Outcome, build_result, earlier_epochs
 
     run_dir = tmp_path / "phase1"
@@ -139,7 +140,7 @@ def test_resumed_training_counts_the_epochs_before_its_checkpoint(tmp_path):
     outcome = Outcome(earlier_epochs(resumed))
     for epoch in (3, 4):  # what the resumed child reports: epoch 3 again, then 4
         outcome.add_epoch(EpochRecord(epoch=epoch, map50_95=0.5, map50=0.6))
-    outcome.payload = {"status": "completed", "save_dir": str(run_dir)}
+    outcome.result = ChildResult(status="completed", save_dir=str(run_dir), batch_used=8, nbs=64)
     result = build_result(resumed, outcome, exitcode=0, wall_s=1.0)
     assert [r.epoch for r in result.history] == [1, 2, 3, 4]
     assert result.history[2].map50_95 == 0.5, "the retrained epoch's record replaces the stale row"

@@ -179,7 +179,7 @@ def check_full(path: Path, data: bytes, demo_data: Path, runs: Path, profile: st
     """The whole validation a run goes through: every problem clean; prepare raises only PlanError."""
     path.write_bytes(data)
     request = OptimizeRequest(plan=path, data=demo_data, runs_dir=runs, profile=profile)
-    _, _, problems = collect_problems(request)
+    problems = collect_problems(request).problems
     for problem in problems:
         line = problem.line()
         assert "\n" not in line and "\r" not in line, repr(line)

@@ -70,9 +70,10 @@ def test_oom_halves_the_batch_and_keeps_the_effective_batch(demo_data, tmp_path,
 
 
 def test_oom_that_halving_cannot_resolve_fails_the_phase_with_that_reason(demo_data, tmp_path, monkeypatch):
-    """Every batch runs out of memory: 8 → 4 → 2 → 1, then Ultralytics gives up; the phase fails, explained."""
+    """Every batch runs out of memory: 8 → 4 → 2 → 1, then Ultralytics gives up: an outcome (not an error),
+    explained, and the gate fails on it."""
     result, _ = train_with_fake_oom(0, tmp_path / "phase1", demo_data, monkeypatch)
-    assert result.status == "failed" and not result.diverged
+    assert result.status == "out_of_memory" and not result.diverged
     reason = result.reason or ""
     assert reason.startswith("out of memory at batch 1 in epoch 1 after 3 automatic halving(s)"), reason
     assert "(8 → 4 → 2 → 1)" in reason and "lower batch or imgsz" in reason
@@ -92,14 +93,14 @@ def test_oom_that_halving_cannot_resolve_fails_the_phase_with_that_reason(demo_d
     assert outcome.outcome == "fail" and outcome.next == "phase2"
     row = next(r for r in outcome.rows if r.condition == "all epochs completed")
     assert row.observed == "0/1" and "out of memory at batch 1" in row.note
-    assert any("phase1: failed: out of memory at batch 1" in line for line in incident_lines([result]))
+    assert any("phase1: out_of_memory: out of memory at batch 1" in line for line in incident_lines([result]))
 
 
 def test_oom_events_round_trip_through_the_journal_format():
     """The journal stores PhaseResults as JSON: OOM events and NaN counts survive a resume."""
     result = PhaseResult(
         node="phase1",
-        status="failed",
+        status="out_of_memory",
         reason="out of memory at batch 2",
         nan_epochs=1,
         oom_events=(OomEvent(epoch=1, batch=4, retry_batch=2, accumulate=8), OomEvent(epoch=1, batch=2)),

@@ -76,7 +76,7 @@ BAD_PLANS: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
 def test_bad_plan_is_refused_with_a_clear_line(write_plan, demo_data, mutate, where, text):
     """Each bad plan yields an error line naming the file, the key path and the fix."""
     plan = write_plan(mutate)
-    _, _, problems = collect_problems(OptimizeRequest(plan=plan, data=demo_data))
+    problems = collect_problems(OptimizeRequest(plan=plan, data=demo_data)).problems
     errors = errors_of(problems)
     assert errors, "the plan should have been refused"
     lines = [p.line() for p in errors]
@@ -92,7 +92,7 @@ def test_every_problem_is_reported_at_once(write_plan, demo_data):
         set_in(doc, "nodes.phase2.args.accumulate", 2)
         set_in(doc, "nodes.phase3.space.copy_paste", [0.3, 0.4])
 
-    _, _, problems = collect_problems(OptimizeRequest(plan=write_plan(three), data=demo_data))
+    problems = collect_problems(OptimizeRequest(plan=write_plan(three), data=demo_data)).problems
     wheres = {p.where for p in errors_of(problems)}
     assert {
         "nodes.phase1.args.lr_0",
@@ -163,7 +163,7 @@ def test_dataset_problems_are_reported(tmp_path, write_plan):
     (images / "b.jpg").write_bytes(b"x")
     data = tmp_path / "ds" / "data.yaml"
     data.write_text("path: .\ntrain: images/train\nval: images/missing\nnames: {0: bolt}\n", encoding="utf-8")
-    _, _, problems = collect_problems(OptimizeRequest(plan=write_plan(), data=data))
+    problems = collect_problems(OptimizeRequest(plan=write_plan(), data=data)).problems
     lines = "\n".join(p.line() for p in problems)
     assert "class id 3 is not an integer in [0, 0]" in lines
     assert "3 columns; a box label has 5" in lines
@@ -171,7 +171,7 @@ def test_dataset_problems_are_reported(tmp_path, write_plan):
 
 
 def test_missing_dataset_yaml(tmp_path, write_plan):
-    _, _, problems = collect_problems(OptimizeRequest(plan=write_plan(), data=tmp_path / "nope.yaml"))
+    problems = collect_problems(OptimizeRequest(plan=write_plan(), data=tmp_path / "nope.yaml")).problems
     assert [p.message for p in errors_of(problems)] == ["dataset YAML not found"]
 
 

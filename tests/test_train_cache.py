@@ -45,7 +45,8 @@ def test_key_is_stable_and_follows_every_setting(cfg, tmp_path):
     }
     for what, other in changed.items():
         assert train_cache_key_of(other, cfg, version="v1") != key, what
-    assert train_cache_key_of(spec, cfg.model_copy(update={"data_fingerprint": "x"}), "v1") != key
+    other_data = cfg.dataset.model_copy(update={"fingerprint": "x"})
+    assert train_cache_key_of(spec, cfg.model_copy(update={"dataset": other_data}), "v1") != key
     assert train_cache_key_of(spec, cfg, version="v2") != key
     assert train_cache_key(None, {"spec": spec, "cfg": cfg}) == train_cache_key_of(spec, cfg)
     assert train_cache_key(None, {"spec": "not a spec", "cfg": cfg}) is None

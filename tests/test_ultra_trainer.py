@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from flows.engine.errors import ChildKilled, TrainingError
 from flows.engine.records.results import EpochEvent, TrainSpec
 from tasks.trainers import ultra_child as _train_child
+from tasks.trainers.messages import ChildError, ChildResult
 from tasks.trainers.ultra import Outcome, StopTraining, UltralyticsTrainer, build_result, terminate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -92,8 +94,12 @@ def test_real_training_two_epochs_on_cpu(tmp_path: Path) -> None:
     assert result.wall_s is not None and result.wall_s > 0
     assert events[0].record.time_s is not None and events[1].record.time_s > events[0].record.time_s
     assert "train/box_loss" in events[0].record.losses and "lr/pg0" in events[0].record.lr
-    assert any("Starting training for 2 epochs" in line for line in logs), "Ultralytics' log is forwarded"
-    assert not any("\x1b[" in line for line in logs), "colour codes are stripped"
+    full_log = run_dir / "train.log"
+    assert any(f"full log: {full_log}" in line for line in logs), "the parent's log names the full log"
+    assert "Starting training for 2 epochs" in full_log.read_text(encoding="utf-8"), "Ultralytics' log"
+    assert not any("Starting training" in line for line in logs), "Ultralytics' info lines stay in the file"
+    assert not any("\r" in line or "\x1b[" in line for line in logs), "no progress bars or colour codes"
+    assert len(logs) <= 3, logs
     assert multiprocessing.active_children() == []
 
 
@@ -221,31 +227,28 @@ def test_killing_the_parent_ends_the_training_child(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_exception_in_the_child_gives_failed_with_the_last_traceback_line(tmp_path: Path) -> None:
-    """A data set that does not exist fails inside the child, before any training."""
+def test_exception_in_the_child_raises_its_own_message(tmp_path: Path) -> None:
+    """A data set that does not exist fails inside the child, before any training: an error, not an
+    outcome, carrying the exception's own words; the traceback is in the run's train.log."""
     spec = tiny_spec(tmp_path / "bad", data=tmp_path / "missing.yaml")
-    result = UltralyticsTrainer().train(spec, lambda event: None)
-    assert result.status == "failed"
-    assert "missing.yaml" in (result.reason or "")
-    assert "\n" not in (result.reason or "")
-    assert result.epochs_done == 0
-    assert result.weights is None
+    with pytest.raises(TrainingError) as caught:
+        UltralyticsTrainer().train(spec, lambda event: None)
+    assert "missing.yaml" in caught.value.message and "\n" not in caught.value.message
+    assert caught.value.run == "phase1"
+    assert "Traceback" in (tmp_path / "bad" / "train.log").read_text(encoding="utf-8")
+    assert not (tmp_path / "bad" / "weights").exists()
 
 
 # ----------------------------------------------------------------------------- bookkeeping without training
 
 
-def payload(**changes: object) -> dict:
-    """A child result as ``_train_child.result_payload`` builds it."""
+def payload(**changes: object) -> ChildResult:
+    """A child result as ``ultra_child.child_result`` builds it."""
     base: dict = dict(
         status="completed",
         reason=None,
-        stop_reason=None,
-        save_dir=None,
-        epochs_planned=2,
-        epochs_done=2,
+        save_dir="unset",
         metrics=dict(precision=0.5, recall=0.4, map50=0.3, map50_95=0.2),
-        final_validated=True,
         inference_ms=3.0,
         nan_recoveries=0,
         batch_used=8,
@@ -258,12 +261,12 @@ def payload(**changes: object) -> dict:
         gpu_name="NVIDIA H100",
         args={"batch": 8, "nbs": 16},
     )
-    return {**base, **changes}
+    return ChildResult.model_validate({**base, **changes})
 
 
 def test_build_result_reads_final_metrics_and_medians(tmp_path: Path) -> None:
     outcome = Outcome()
-    outcome.payload = payload(save_dir=str(tmp_path))
+    outcome.result = payload(save_dir=str(tmp_path))
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "last.pt").write_bytes(b"x")
     result = build_result(tiny_spec(tmp_path), outcome, exitcode=0, wall_s=12.0)
@@ -278,7 +281,7 @@ def test_build_result_reads_final_metrics_and_medians(tmp_path: Path) -> None:
 
 def test_build_result_diverged_and_batch_reduction(tmp_path: Path) -> None:
     outcome = Outcome()
-    outcome.payload = payload(
+    outcome.result = payload(
         status="diverged",
         reason="Training failed: NaN persisted for 4 epochs",
         metrics={},
@@ -296,20 +299,27 @@ def test_build_result_diverged_and_batch_reduction(tmp_path: Path) -> None:
     assert result.metrics.map50_95 is None
 
 
-def test_build_result_without_a_result_is_failed_with_the_exit_code(tmp_path: Path) -> None:
-    result = build_result(tiny_spec(tmp_path), Outcome(), exitcode=-11, wall_s=1.0)
-    assert result.status == "failed"
-    assert result.reason == "training process exited with code -11 without a result"
+def test_build_result_without_a_result_raises_how_the_child_ended(tmp_path: Path) -> None:
+    """No result: the child's own exception, a signal (retried once upstream), or a bare exit code."""
+    with pytest.raises(ChildKilled, match=r"killed by SIGKILL \(the kernel.s out-of-memory killer"):
+        build_result(tiny_spec(tmp_path), Outcome(), exitcode=-9, wall_s=1.0)
+    with pytest.raises(ChildKilled, match="killed by SIGSEGV"):
+        build_result(tiny_spec(tmp_path), Outcome(), exitcode=-11, wall_s=1.0)
+    with pytest.raises(TrainingError, match="exited with code 70 without a result") as caught:
+        build_result(tiny_spec(tmp_path), Outcome(), exitcode=70, wall_s=1.0)
+    assert not isinstance(caught.value, ChildKilled)
 
     outcome = Outcome()
-    outcome.error = 'Traceback (most recent call last):\n  File "x.py"\nValueError: bad data\n'
-    result = build_result(tiny_spec(tmp_path), outcome, exitcode=0, wall_s=1.0)
-    assert (result.status, result.reason) == ("failed", "ValueError: bad data")
+    outcome.error = ChildError(type="ValueError", message="bad data", traceback="Traceback ...")
+    with pytest.raises(TrainingError) as caught:
+        build_result(tiny_spec(tmp_path), outcome, exitcode=0, wall_s=1.0)
+    assert caught.value.message == "ValueError: bad data"
+    assert caught.value.log == str(tmp_path / "train.log")
 
 
 def test_build_result_stop_request_wins_over_completed(tmp_path: Path) -> None:
     outcome = Outcome()
-    outcome.payload = payload(epochs_done=1)
+    outcome.result = payload()
     outcome.stop_reason = "plateau"
     result = build_result(tiny_spec(tmp_path), outcome, exitcode=0, wall_s=1.0)
     assert (result.status, result.reason) == ("stopped", "plateau")

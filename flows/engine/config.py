@@ -8,17 +8,20 @@ problem, before a run folder exists or any training starts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.engine.data.checks import check_dataset, check_runs_dir, fingerprint_dataset, weights_problem
+from flows.engine.data.checks import check_runs_dir, weights_problem
+from flows.engine.data.dataset import ResolvedDataset, inspect_dataset
 from flows.engine.plan.loader import load_plan
 from flows.engine.plan.problems import PlanError, Problem, errors_of
 from flows.engine.plan.resolve import inherited, node_args, resolve_path, trial_args
 from flows.engine.plan.schema import Plan, SearchNode, TrainNode
 from flows.engine.plan.validate import check_plan
+from flows.engine.records.replay_spec import ReplaySpec, ReplaySpecError, load_replay_spec
 
 
 class OptimizeRequest(BaseModel):
@@ -52,10 +55,26 @@ class RunConfig(BaseModel):
     plan: Plan
     force: dict[str, Any]
     plan_dir: Path
-    data: Path
-    data_fingerprint: str
-    trainer: Literal["ultralytics", "replay"]
+    dataset: ResolvedDataset
+    """The dataset as its author meant it; trainings read its resolved copy in the run folder."""
+    replay: ReplaySpec | None = None
+    """The replay SPEC, loaded and checked once; None: real Ultralytics training."""
     warnings: tuple[str, ...] = ()
+
+    @property
+    def data(self) -> Path:
+        """The user's dataset YAML (absolute)."""
+        return self.dataset.source
+
+    @property
+    def data_fingerprint(self) -> str:
+        """The dataset's fingerprint, from its resolved file list."""
+        return self.dataset.fingerprint
+
+    @property
+    def trainer(self) -> Literal["ultralytics", "replay"]:
+        """Which trainer back-end runs the trainings."""
+        return "replay" if self.replay is not None else "ultralytics"
 
     def args_for(self, node: str) -> dict[str, Any]:
         """Merged Ultralytics arguments of a train node."""
@@ -125,55 +144,68 @@ def check_models(plan: Plan, source: str, plan_dir: Path, force: dict[str, Any])
     return problems
 
 
-def check_replay(request: OptimizeRequest, plan: Plan) -> list[Problem]:
-    """A replay SPEC must parse and cover every node that trains."""
-    from flows.engine.records.replay_spec import ReplaySpecError, load_replay_spec
-
-    assert request.replay is not None
+def check_replay(path: Path, plan: Plan) -> tuple[ReplaySpec | None, list[Problem]]:
+    """A replay SPEC must parse and cover every node that trains; it is loaded here, once."""
     try:
-        spec = load_replay_spec(request.replay)
+        spec = load_replay_spec(path)
     except ReplaySpecError as exc:
-        return [Problem(str(request.replay), "", str(exc))]
+        return None, [Problem(str(path), "", str(exc))]
     missing = spec.missing_nodes(plan.train_nodes())
-    return [
-        Problem(str(request.replay), node, "no recorded run for this node and no default") for node in missing
-    ]
+    problems = [Problem(str(path), node, "no recorded run for this node and no default") for node in missing]
+    return (None if problems else spec), problems
 
 
-def collect_problems(request: OptimizeRequest) -> tuple[Plan | None, dict[str, Any], list[Problem]]:
-    """Load the plan and gather every problem with it, its files and the dataset."""
-    source = str(request.plan)
+@dataclass
+class Checked:
+    """Everything validation found: what loaded, and every problem (errors and warnings)."""
+
+    plan: Plan | None = None
+    force: dict[str, Any] = field(default_factory=dict)
+    dataset: ResolvedDataset | None = None
+    replay: ReplaySpec | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+
+def collect_problems(request: OptimizeRequest) -> Checked:
+    """Load the plan, the dataset and the replay SPEC once, and gather every problem with them."""
+    dataset, data_problems = inspect_dataset(request.data)
+    runs_problems = check_runs_dir(request.runs_dir)
     try:
         plan, force = load_plan(request.plan, request.profile)
     except PlanError as exc:
-        return None, {}, [*exc.problems, *check_dataset(request.data), *check_runs_dir(request.runs_dir)]
+        return Checked(problems=[*exc.problems, *data_problems, *runs_problems])
     force = {**force, **request.overrides}
-    problems = check_plan(plan, source)
+    problems = check_plan(plan, str(request.plan))
     if not errors_of(problems):
         from flows.engine.plan.ultra_args import check_plan_args
 
-        problems += check_plan_args(plan, source, force)
-        problems += check_models(plan, source, request.plan.parent, force)
-    problems += check_dataset(request.data)
-    problems += check_runs_dir(request.runs_dir)
+        problems += check_plan_args(plan, str(request.plan), force)
+        problems += check_models(plan, str(request.plan), request.plan.parent, force)
+    problems += data_problems + runs_problems
+    replay = None
     if request.replay is not None:
-        problems += check_replay(request, plan)
-    return plan, force, problems
+        replay, replay_problems = check_replay(request.replay, plan)
+        problems += replay_problems
+    return Checked(plan=plan, force=force, dataset=dataset, replay=replay, problems=problems)
 
 
 def prepare(request: OptimizeRequest) -> RunConfig:
-    """Validate a request completely: return the config, or raise ``PlanError`` with every problem."""
-    plan, force, problems = collect_problems(request)
-    errors = errors_of(problems)
-    if errors or plan is None:
+    """Validate a request completely, once: return the config, or raise ``PlanError`` with every problem.
+
+    The plan, the dataset (images, labels, its one reading) and the replay SPEC are read here and
+    carried in the config; nothing later reads them from the user's files again.
+    """
+    checked = collect_problems(request)
+    errors = errors_of(checked.problems)
+    if errors or checked.plan is None or checked.dataset is None:
         raise PlanError(errors)
+    warnings = [p.line() for p in checked.problems if p.severity == "warning"]
     return RunConfig(
         request=request,
-        plan=plan,
-        force=force,
+        plan=checked.plan,
+        force=checked.force,
         plan_dir=request.plan.resolve().parent,
-        data=request.data.resolve(),
-        data_fingerprint=fingerprint_dataset(request.data),
-        trainer="replay" if request.replay else "ultralytics",
-        warnings=tuple(p.line() for p in problems if p.severity == "warning"),
+        dataset=checked.dataset,
+        replay=checked.replay,
+        warnings=(*warnings, *checked.dataset.notes),
     )

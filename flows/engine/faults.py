@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 KILL_ENV = "FOD_KILL_AT"
 
@@ -33,3 +34,24 @@ def fake_oom_above() -> int | None:
     """The batch size above which the trainer fakes a CUDA out-of-memory error, or None (never)."""
     text = os.environ.get(FAKE_OOM_ENV, "").strip()
     return int(text) if text.isdigit() else None
+
+
+CHILD_KILL_ENV = "FOD_KILL_CHILD"
+"""Test fault injection in the training child: ``KEY@EPOCH`` (e.g. ``phase1@1``) makes the child of that
+training SIGKILL itself right after epoch EPOCH (its last.pt is then on disk), as the kernel's
+out-of-memory killer would. ``FOD_KILL_CHILD_TIMES`` (default 1) says how many of its processes die
+that way; the count is kept in the training's run folder, so a retried child knows."""
+CHILD_KILL_TIMES_ENV = "FOD_KILL_CHILD_TIMES"
+CHILD_KILL_COUNT = ".fault-kills"
+
+
+def child_kill_point(key: str, epoch: int, run_dir: Path) -> None:
+    """SIGKILL this (child) process if ``FOD_KILL_CHILD`` names this training and epoch, up to N times."""
+    if os.environ.get(CHILD_KILL_ENV) != f"{key}@{epoch}":
+        return
+    counter = Path(run_dir) / CHILD_KILL_COUNT
+    done = int(counter.read_text() or 0) if counter.is_file() else 0
+    if done >= int(os.environ.get(CHILD_KILL_TIMES_ENV, "1")):
+        return
+    counter.write_text(str(done + 1))
+    os.kill(os.getpid(), signal.SIGKILL)

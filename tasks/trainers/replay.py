@@ -76,8 +76,7 @@ class ReplayTrainer:
             try:
                 on_epoch(
                     EpochEvent(
-                        node=spec.node,
-                        trial=spec.trial,
+                        **spec.ref().model_dump(),
                         epochs_planned=planned,
                         record=record,
                         images_per_s=speeds[index],
@@ -201,8 +200,7 @@ def build_result(
     status, reason = status_of(entry, replayed, spec.epochs)
     batch = batch_figures(spec, entry)
     return PhaseResult(
-        node=spec.node,
-        trial=spec.trial,
+        **spec.ref().model_dump(),
         status=status,
         reason=reason,
         metrics=_metrics_of(best),

@@ -10,6 +10,11 @@ answers the child before it starts the next epoch. ``on_epoch`` may raise ``Stop
 the child then stops after the current epoch, validates best.pt and the run ends with status
 ``stopped`` and the given reason. Any other exception from ``on_epoch`` kills the child and
 propagates.
+
+Outcomes and errors: a child that reaches an outcome (completed, diverged, out of memory) returns a
+``PhaseResult``; a child that reports an exception raises ``TrainingError`` with the exception's own
+message, and a child killed by a signal raises ``ChildKilled``. The training's full output is in
+``<run folder>/train.log``.
 """
 
 from __future__ import annotations
@@ -19,14 +24,17 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from flows.engine.decisions.monitors import StopTraining
-from flows.engine.records.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
+from flows.engine.errors import ChildKilled, TrainingError
+from flows.engine.records.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec
 from flows.engine.records.results_csv import RecordError, median_after_first, read_results_csv
+from tasks.trainers.messages import ChildError, ChildResult
 
 LOG = logging.getLogger(__name__)
 
@@ -42,7 +50,8 @@ class UltralyticsTrainer:
     """Trains a ``TrainSpec`` with Ultralytics in a spawned child process.
 
     ``device`` is the machine's device (``"0"``, ``"cpu"``...), used when ``spec.args`` has none.
-    ``log`` receives every line of Ultralytics' log output; by default it goes to ``logging``.
+    ``log`` receives the trainer's own lines and Ultralytics' warnings; by default they go to
+    ``logging``. Everything else Ultralytics prints is in the run folder's ``train.log``.
     """
 
     def __init__(self, device: str | None = None, log: Callable[[str], None] | None = None) -> None:
@@ -59,14 +68,14 @@ class UltralyticsTrainer:
         process = context.Process(
             target=run_training,
             args=(spec.model_dump_json(), self.device, messages, control),
-            name=f"train-{spec.node}" + (f"-{spec.trial}" if spec.trial is not None else ""),
+            name=spec.task_run_name,
         )  # not a daemon: Ultralytics' dataloader workers are processes of their own
         started = time.time()
         outcome = Outcome(earlier_epochs(spec))
         with offline_environment():
             process.start()
         # The pid lets an operator (and the cancel test) see that the child ends with the flow run.
-        self.log(f"training process {process.name} started, pid {process.pid}")
+        self.log(f"training process {process.name} started, pid {process.pid}; full log: {log_path(spec)}")
         try:
             outcome = self._follow(process, messages, control, on_epoch, outcome)
         except BaseException:
@@ -111,9 +120,9 @@ class UltralyticsTrainer:
             outcome.add_epoch(event.record)
             control.put(self._verdict(event, outcome, on_epoch))
         elif kind == "result":
-            outcome.payload = payload
+            outcome.result = ChildResult.model_validate(payload)
         elif kind == "error":
-            outcome.error = str(payload)
+            outcome.error = ChildError.model_validate(payload)
         else:
             LOG.warning("ignoring unknown message %r from the training process", kind)
 
@@ -135,14 +144,14 @@ class Outcome:
 
     def __init__(self, earlier: tuple[EpochRecord, ...] = ()) -> None:
         self.records: dict[int, EpochRecord] = {record.epoch: record for record in earlier}
-        self.payload: dict[str, Any] | None = None
-        self.error: str | None = None
+        self.result: ChildResult | None = None
+        self.error: ChildError | None = None
         self.stop_reason: str | None = None
 
     @property
     def finished(self) -> bool:
         """True once the child sent its last word."""
-        return self.payload is not None or self.error is not None
+        return self.result is not None or self.error is not None
 
     def add_epoch(self, record: EpochRecord) -> None:
         """Keep the last record of each epoch (a NaN recovery redoes an epoch)."""
@@ -201,54 +210,68 @@ def terminate(process: Any, grace_s: float = TERM_GRACE_S) -> None:
         process.join(grace_s)
 
 
+def log_path(spec: TrainSpec) -> Path:
+    """The training's full output (Ultralytics' log, progress bars, tracebacks)."""
+    from tasks.trainers.ultra_child import LOG_FILE
+
+    return Path(spec.run_dir) / LOG_FILE
+
+
 def build_result(spec: TrainSpec, outcome: Outcome, *, exitcode: int | None, wall_s: float) -> PhaseResult:
-    """Turn what the child reported into a PhaseResult (failed when it gave no result)."""
+    """Turn what the child reported into a PhaseResult, or raise the error that ended it."""
+    result = outcome.result
+    if result is None:
+        raise failure_of(spec, outcome, exitcode)
     history = outcome.history
-    base = dict(
-        node=spec.node,
-        trial=spec.trial,
+    status, reason = result.status, result.reason
+    if outcome.stop_reason is not None and status == "completed":
+        status, reason = "stopped", outcome.stop_reason
+    return PhaseResult(
+        **spec.ref().model_dump(),
         history=history,
         epochs_planned=spec.epochs,
         epochs_done=len(history),
         batch_requested=_int_or_none(spec.args.get("batch")),
-        nbs=spec.effective_batch,
         wall_s=wall_s,
-        args={},
-    )
-    payload = outcome.payload
-    if payload is None:
-        files = _run_files(Path(spec.run_dir))
-        return PhaseResult(**base, **files, status="failed", reason=_failure_reason(outcome, exitcode))
-    status, reason = payload["status"], payload.get("reason")
-    if outcome.stop_reason is not None and status == "completed":
-        status, reason = "stopped", outcome.stop_reason
-    return PhaseResult(
-        **{**base, "nbs": payload.get("nbs"), "args": payload.get("args", {})},
-        **_run_files(Path(payload.get("save_dir") or spec.run_dir)),
+        **_run_files(Path(result.save_dir)),
         status=status,
         reason=reason,
-        metrics=ValMetrics(**payload.get("metrics", {})),
-        nan_recoveries=payload.get("nan_recoveries", 0),
-        nan_epochs=payload.get("nan_epochs", 0),
-        oom_events=payload.get("oom_events", ()),
+        metrics=result.metrics,
+        nan_recoveries=result.nan_recoveries,
+        nan_epochs=result.nan_epochs,
+        oom_events=result.oom_events,
         diverged=status == "diverged",
-        batch_used=payload.get("batch_used"),
-        accumulate=payload.get("accumulate"),
-        effective_batch=payload.get("effective_batch"),
-        images_per_s=median_after_first(payload.get("images_per_s", [])),
-        inference_ms=payload.get("inference_ms"),
-        torch_peak_reserved_gb=payload.get("torch_peak_reserved_gb"),
-        nvml_peak_used_gb=payload.get("nvml_peak_used_gb"),
-        gpu_name=payload.get("gpu_name"),
+        batch_used=result.batch_used,
+        accumulate=result.accumulate,
+        effective_batch=result.effective_batch,
+        nbs=result.nbs,
+        images_per_s=median_after_first(result.images_per_s),
+        inference_ms=result.inference_ms,
+        torch_peak_reserved_gb=result.torch_peak_reserved_gb,
+        nvml_peak_used_gb=result.nvml_peak_used_gb,
+        gpu_name=result.gpu_name,
+        args=result.args,
     )
 
 
-def _failure_reason(outcome: Outcome, exitcode: int | None) -> str:
-    """The last line of the child's traceback, or how the child died."""
-    if outcome.error:
-        lines = [line for line in outcome.error.strip().splitlines() if line.strip()]
-        return lines[-1] if lines else "training process raised"
-    return f"training process exited with code {exitcode} without a result"
+def failure_of(spec: TrainSpec, outcome: Outcome, exitcode: int | None) -> TrainingError:
+    """The error a child without a result ended in: its exception's message, or how it died."""
+    log = str(log_path(spec))
+    if outcome.error is not None:
+        return TrainingError(spec.key, f"{outcome.error.type}: {outcome.error.message}", log)
+    if exitcode is not None and exitcode < 0:
+        name = signal_name(-exitcode)
+        hint = " (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return ChildKilled(spec.key, f"the training process was killed by {name}{hint}", log)
+    return TrainingError(spec.key, f"the training process exited with code {exitcode} without a result", log)
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9, or ``signal N`` for a number Python does not name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _run_files(run_dir: Path) -> dict[str, Path | None]:

@@ -2,15 +2,19 @@
 
 Training runs in its own process (spawned, never forked: CUDA cannot be forked) so that a cancel
 or a kill of the flow ends it and gives the GPU back. Everything leaves this process through ONE
-queue of ``(kind, payload)`` messages, all plain JSON-like data:
+queue of ``(kind, payload)`` messages, typed in ``tasks/trainers/messages.py``:
 
-- ``("epoch", EpochEvent as dict)`` after each epoch; the child then WAITS for the parent's reply
-  on the control queue (``("continue",)`` or ``("stop", reason)``), so a stop decided on epoch N
-  takes effect before epoch N+1 starts: early stopping is deterministic;
-- ``("log", line)`` for every line of Ultralytics' logger;
-- ``("result", dict)`` once at the end (status ``completed``, ``diverged`` when NaN recoveries ran
-  out, or ``failed`` when an out-of-memory error could not be resolved by halving the batch);
-- ``("error", traceback text)`` instead of a result when anything else raised.
+- ``("epoch", EpochEvent)`` after each epoch; the child then WAITS for the parent's reply on the
+  control queue (``("continue",)`` or ``("stop", reason)``), so a stop decided on epoch N takes
+  effect before epoch N+1 starts: early stopping is deterministic;
+- ``("log", line)`` for Ultralytics' warnings (out-of-memory halvings, NaN recoveries, missing
+  labels...): what a person watching the run must see;
+- ``("result", ChildResult)`` once at the end, when training reached an outcome;
+- ``("error", ChildError)`` instead of a result when anything else raised.
+
+Everything the child prints — Ultralytics' whole log, its progress bars, the traceback of an
+error — goes to ``<run folder>/train.log``, not to the terminal or the flow run's log: those carry
+one line per epoch and the engine's own lines.
 
 Nothing heavy is imported at module level: the parent imports this module only to name the target.
 """
@@ -23,6 +27,7 @@ import math
 import os
 import queue
 import re
+import sys
 import threading
 import time
 import traceback
@@ -43,6 +48,9 @@ BOX_METRICS = {
 REPLY_POLL_S = 1.0
 PARENT_POLL_S = 1.0
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOG_FILE = "train.log"
+"""The training's full output, in its run folder."""
+MAX_MESSAGE_CHARS = 600
 
 
 def run_training(spec_json: str, device: str | None, messages: Any, control: Any) -> None:
@@ -54,11 +62,49 @@ def run_training(spec_json: str, device: str | None, messages: Any, control: Any
         from flows.engine.records.results import TrainSpec
 
         spec = TrainSpec.model_validate_json(spec_json)
-        channel.send("result", train(spec, device, channel))
-    except BaseException:
-        channel.send("error", traceback.format_exc())
+        redirect_output(Path(spec.run_dir) / LOG_FILE)
+        channel.send("result", train(spec, device, channel).model_dump(mode="json"))
+    except BaseException as exc:
+        traceback.print_exc()  # into train.log
+        channel.send("error", error_of(exc).model_dump(mode="json"))
     finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
         channel.flush()
+
+
+def redirect_output(log: Path) -> None:
+    """Send this process's stdout and stderr (Ultralytics' log, tqdm's bars, tracebacks) to ``log``.
+
+    At the file-descriptor level, so that output of C extensions and dataloader workers lands there
+    too. Appends: a resumed or retried training keeps the earlier attempts' output above its own.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the process
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os.dup2(handle.fileno(), 1)
+    os.dup2(handle.fileno(), 2)
+    sys.stdout = sys.stderr = handle
+
+
+def error_of(exc: BaseException) -> Any:
+    """The message a person needs from an exception: its own first line, not the last line printed.
+
+    Ultralytics wraps a dataset problem as ``RuntimeError("Dataset 'x' error ❌ Dataset 'x' images
+    not found, missing path '...'\\nNote dataset download directory is ...")``: the first line says
+    what is wrong; the note after it is advice about downloads, which never happen here.
+    """
+    from tasks.trainers.messages import ChildError
+
+    text = ANSI.sub("", str(exc)).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    message = first or type(exc).__name__
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "…"
+    return ChildError(type=type(exc).__name__, message=message, traceback=traceback.format_exc())
 
 
 class Channel:
@@ -109,10 +155,10 @@ def _watch_parent() -> None:
 
 
 class QueueLogHandler(logging.Handler):
-    """Forwards Ultralytics' log lines to the parent, one message per non-empty line."""
+    """Forwards Ultralytics' warnings to the parent, one message per non-empty line, colours stripped."""
 
     def __init__(self, channel: Channel) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.WARNING)
         self.channel = channel
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -125,13 +171,10 @@ class QueueLogHandler(logging.Handler):
                 self.channel.send("log", line.rstrip())
 
 
-def forward_ultralytics_logs(channel: Channel) -> None:
-    """Replace Ultralytics' console handler by the queue, so each line reaches the parent once."""
+def forward_ultralytics_warnings(channel: Channel) -> None:
+    """Ultralytics' own handler keeps writing everything to train.log; warnings also reach the parent."""
     from ultralytics.utils import LOGGER
 
-    for handler in list(LOGGER.handlers):
-        if isinstance(handler, logging.StreamHandler):
-            LOGGER.removeHandler(handler)
     handler = QueueLogHandler(channel)
     handler.setFormatter(logging.Formatter("%(message)s"))
     LOGGER.addHandler(handler)
@@ -163,8 +206,11 @@ class Session:
         """Report the epoch and apply the parent's verdict; skipped for the final validation."""
         if getattr(trainer, "in_final_eval", False):
             return  # final_eval() fires this callback again with epoch+1: not a training epoch
+        from flows.engine.faults import child_kill_point
+
         event = self.epoch_event(trainer)
         reason = self.channel.send_epoch(event)
+        child_kill_point(self.spec.key, event["record"]["epoch"], self.spec.run_dir)  # tests only
         if reason is not None:
             self.stop_reason = reason
             trainer.stop = True  # BaseTrainer breaks right after this callback, then validates best.pt
@@ -178,8 +224,7 @@ class Session:
             self.images_per_s.append(speed)
         snap = self.sampler.sample() if self.sampler is not None else None
         return EpochEvent(
-            node=self.spec.node,
-            trial=self.spec.trial,
+            **self.spec.ref().model_dump(),
             epochs_planned=int(trainer.epochs),
             record=epoch_record(trainer),
             images_per_s=speed,
@@ -397,13 +442,17 @@ def nvml_index(device: str | None) -> int | None:
     return int(text) if text.isdigit() else 0
 
 
-def train(spec: Any, device: str | None, channel: Channel) -> dict[str, Any]:
-    """Build the model, train it and return the result payload (status completed, diverged or failed)."""
+def train(spec: Any, device: str | None, channel: Channel) -> Any:
+    """Build the model, train it and return its outcome: completed, diverged or out of memory.
+
+    Anything else that raises (a dataset that cannot be loaded, a missing file) propagates: it is an
+    error, not an outcome, and ``run_training`` reports it as one.
+    """
     from ultralytics import YOLO
 
     from tasks.trainers.vram import PeakSampler, VramProbe
 
-    forward_ultralytics_logs(channel)
+    forward_ultralytics_warnings(channel)
     args = train_args(spec, device)
     index = nvml_index(args.get("device"))
     sampler = PeakSampler(VramProbe(index)).start() if index is not None else None
@@ -427,7 +476,7 @@ def train(spec: Any, device: str | None, channel: Channel) -> dict[str, Any]:
         if trainer is not None and getattr(trainer, "diverged_reason", None):
             status, reason = "diverged", str(trainer.diverged_reason)
         elif trainer is not None and hasattr(trainer, "oom_events") and is_out_of_memory(exc):
-            status, reason = "failed", out_of_memory_reason(trainer, exc)
+            status, reason = "out_of_memory", out_of_memory_reason(trainer, exc)
             trainer.oom_events.append(
                 {
                     "epoch": int(getattr(trainer, "epoch", 0)) + 1,
@@ -441,7 +490,7 @@ def train(spec: Any, device: str | None, channel: Channel) -> dict[str, Any]:
             raise
     finally:
         peak = sampler.stop() if sampler is not None else None
-    return result_payload(model.trainer, session, args, status, reason, peak)  # type: ignore[union-attr]
+    return child_result(model.trainer, session, args, status, reason, peak)  # type: ignore[union-attr]
 
 
 def _cuda_device(device: object) -> bool:
@@ -452,10 +501,13 @@ def _cuda_device(device: object) -> bool:
     return torch.cuda.is_available() and text not in {"cpu", "mps"}
 
 
-def result_payload(
+def child_result(
     trainer: Any, session: Session, args: dict, status: str, reason: str | None, nvml_peak: float | None
-) -> dict[str, Any]:
-    """Everything the parent turns into a PhaseResult, as plain data."""
+) -> Any:
+    """Everything the parent turns into a PhaseResult, as the typed ``ChildResult``."""
+    from flows.engine.records.results import ValMetrics
+    from tasks.trainers.messages import ChildResult
+
     final = box_metrics(trainer.metrics or {}) if trainer.final_validated and status == "completed" else {}
     speed = getattr(trainer.validator, "speed", None) or {}
     batch_used = int(trainer.batch_size)
@@ -463,36 +515,25 @@ def result_payload(
     recorded_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
     if session.spec.grad_clip_norm is not None:
         recorded_args["grad_clip_norm"] = trainer.clip_norm_used
-    return {
-        "status": status,
-        "reason": reason,
-        "stop_reason": session.stop_reason,
-        "save_dir": str(trainer.save_dir),
-        "epochs_planned": int(trainer.epochs),
-        "epochs_done": int(trainer.epoch) + 1,
-        "metrics": final,
-        "final_validated": bool(trainer.final_validated),
-        "inference_ms": finite(speed.get("inference")) if final else None,
-        "nan_recoveries": int(trainer.nan_recoveries),
-        "nan_epochs": int(trainer.nan_epochs),
-        "oom_events": list(trainer.oom_events),
-        "batch_used": batch_used,
-        "accumulate": accumulate,
-        "effective_batch": batch_used * accumulate if accumulate else None,
-        "nbs": int(trainer.args.nbs),
-        "effective_weight_decay": effective_weight_decay(trainer.args, batch_used),
-        "images_per_s": list(session.images_per_s),
-        "torch_peak_reserved_gb": _torch_peak_gb() if session.cuda else None,
-        "nvml_peak_used_gb": nvml_peak,
-        "gpu_name": _gpu_name(session),
-        "args": recorded_args,
-    }
-
-
-def effective_weight_decay(args: Any, batch: int) -> float:
-    """The decay Ultralytics really applies: ``weight_decay * batch * accumulate / nbs`` (before capping)."""
-    accumulate = max(round(float(args.nbs) / batch), 1)
-    return float(args.weight_decay) * batch * accumulate / float(args.nbs)
+    return ChildResult(
+        status=status,
+        reason=reason,
+        save_dir=str(trainer.save_dir),
+        metrics=ValMetrics(**final),
+        inference_ms=finite(speed.get("inference")) if final else None,
+        nan_recoveries=int(trainer.nan_recoveries),
+        nan_epochs=int(trainer.nan_epochs),
+        oom_events=tuple(trainer.oom_events),
+        batch_used=batch_used,
+        accumulate=accumulate,
+        effective_batch=batch_used * accumulate if accumulate else None,
+        nbs=int(trainer.args.nbs),
+        images_per_s=tuple(session.images_per_s),
+        torch_peak_reserved_gb=_torch_peak_gb() if session.cuda else None,
+        nvml_peak_used_gb=nvml_peak,
+        gpu_name=_gpu_name(session),
+        args=recorded_args,
+    )
 
 
 def _torch_peak_gb() -> float:

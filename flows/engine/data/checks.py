@@ -13,7 +13,6 @@ that a 100 000-image dataset is checked in seconds, not minutes.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -105,37 +104,6 @@ def names_problems(doc: dict[str, Any], src: str) -> list[Problem]:
     """``names`` must be a list or a {id: name} mapping, and agree with ``nc`` when both are given."""
     found = names_message(doc.get("names"), doc.get("nc"))
     return [Problem(src, *found)] if found else []
-
-
-def dataset_root(path: Path, doc: dict[str, Any]) -> Path:
-    """The folder ``train``/``val`` are relative to (Ultralytics' ``path`` key, else the YAML's folder)."""
-    root = doc.get("path")
-    if root is None:
-        return path.parent
-    root_path = Path(str(root)).expanduser()
-    return root_path if root_path.is_absolute() else (path.parent / root_path)
-
-
-def split_images(root: Path, entry: Any) -> tuple[list[Path], str | None]:
-    """Image files of one split (a folder, a .txt list, or a list of those)."""
-    entries = entry if isinstance(entry, list) else [entry]
-    images: list[Path] = []
-    for item in entries:
-        if not isinstance(item, str | int | float) or isinstance(item, bool) or str(item) == "":
-            return [], f"must be a folder, a .txt list of images, or a list of those; got {item!r}"
-        p = Path(str(item))
-        p = p if p.is_absolute() else root / p
-        try:
-            if is_dir(p):
-                images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-            elif is_file(p) and p.suffix == ".txt":
-                lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-                images += [Path(ln) if Path(ln).is_absolute() else p.parent / ln for ln in lines]
-            else:
-                return [], f"{p} does not exist"
-        except (OSError, UnicodeDecodeError) as exc:
-            return [], f"{p}: cannot be read ({exc})"
-    return images, None
 
 
 def label_path(image: Path) -> Path:
@@ -253,32 +221,6 @@ def check_labels(images: list[Path], nc: int, src: str, split: str) -> list[Prob
     return problems
 
 
-def check_dataset(path: Path) -> list[Problem]:
-    """Every problem with a dataset YAML, its folders and its labels."""
-    path = Path(path)
-    doc, problems = load_data_yaml(path)
-    if doc is None:
-        return problems
-    src = str(path)
-    problems += names_problems(doc, src)
-    nc = 0 if problems else (class_count(doc) or 0)
-    root = dataset_root(path, doc)
-    for split in ("train", "val"):
-        if split not in doc:
-            problems.append(Problem(src, split, f"missing {split}: entry"))
-            continue
-        images, missing = split_images(root, doc[split])
-        if missing:
-            problems.append(Problem(src, split, missing))
-        elif not images:
-            problems.append(Problem(src, split, "no images found"))
-        else:
-            problems += check_images(images, src, split)
-            if nc:
-                problems += check_labels(images, nc, src, split)
-    return problems
-
-
 def weights_problem(path: Path) -> str | None:
     """Why a pretrained weights file is not a PyTorch checkpoint, or None; never unpickles it.
 
@@ -339,24 +281,3 @@ def check_runs_dir(runs_dir: Path, *, source: str = "--runs-dir") -> list[Proble
             )
         ]
     return []
-
-
-def fingerprint_dataset(path: Path) -> str:
-    """A short hash of the dataset YAML, its image names and sizes, and its label contents.
-
-    Cheap enough for thousands of images (no pixel reads), and it changes whenever a
-    label, an image or the split changes, which is what decides whether results compare.
-    """
-    path = Path(path)
-    digest = hashlib.sha256(path.read_bytes())
-    doc, _ = load_data_yaml(path)
-    if doc:
-        root = dataset_root(path, doc)
-        for split in ("train", "val"):
-            images, _ = split_images(root, doc.get(split, []))
-            for image in images:
-                digest.update(f"{split}/{image.name}:{image.stat().st_size}".encode())
-                lbl = label_path(image)
-                if lbl.is_file():
-                    digest.update(lbl.read_bytes())
-    return digest.hexdigest()[:16]

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flows.engine.config import RunConfig
+from flows.engine.data.dataset import DATASET_COPY
 from flows.engine.decisions.gates import evaluate_gate
 from flows.engine.plan.sampling import describe_design, sample_trials
 from flows.engine.plan.schema import GateNode, SearchNode, TrainNode
-from flows.engine.records.results import GateResult, PhaseResult, TrainSpec
+from flows.engine.records.results import GateResult, PhaseResult, RunRef, TrainSpec
 
 
 class Executor(Protocol):
@@ -50,27 +51,33 @@ class WalkState:
         return self.path[-1]
 
 
-def phase_dir(run_dir: Path, node: str, trial: int | None = None, *, full: bool = False) -> Path:
-    """Where one training writes: phases/NODE, phases/NODE/trial-NN or phases/NODE/full."""
-    base = run_dir / "phases" / node
-    if full:
-        return base / "full"
-    return base if trial is None else base / f"trial-{trial:02d}"
+def phase_dir(run_dir: Path, ref: RunRef) -> Path:
+    """Where one training writes: phases/NODE, phases/NODE/trial-NN or phases/NODE/full (its key)."""
+    return run_dir / "phases" / ref.key
+
+
+def spec_for(cfg: RunConfig, run_dir: Path, ref: RunRef, args: dict[str, Any]) -> TrainSpec:
+    """A training's spec: the node's model, weights and stoppers, these arguments, the run's dataset copy."""
+    node = cfg.plan.nodes[ref.node]
+    assert isinstance(node, TrainNode | SearchNode)
+    return TrainSpec(
+        **ref.model_dump(),
+        plan=cfg.plan.plan,
+        model=cfg.model_of(ref.node),
+        pretrained=cfg.pretrained_of(ref.node),
+        data=run_dir / DATASET_COPY,
+        args=args,
+        effective_batch=cfg.effective_batch_of(ref.node),
+        grad_clip_norm=cfg.grad_clip_of(ref.node),
+        run_dir=phase_dir(run_dir, ref),
+        monitors=tuple(node.monitors),
+        on_error=node.on_error,
+    )
 
 
 def train_spec(cfg: RunConfig, run_dir: Path, node: str) -> TrainSpec:
     """The spec of a train node."""
-    return TrainSpec(
-        plan=cfg.plan.plan,
-        node=node,
-        model=cfg.model_of(node),
-        pretrained=cfg.pretrained_of(node),
-        data=cfg.data,
-        args=cfg.args_for(node),
-        effective_batch=cfg.effective_batch_of(node),
-        grad_clip_norm=cfg.grad_clip_of(node),
-        run_dir=phase_dir(run_dir, node),
-    )
+    return spec_for(cfg, run_dir, RunRef(node=node), cfg.args_for(node))
 
 
 def search_spec(
@@ -78,18 +85,8 @@ def search_spec(
 ) -> TrainSpec:
     """The spec of a search trial (``trial`` set) or of the full run of the best point (``trial`` None)."""
     full = trial is None
-    return TrainSpec(
-        plan=cfg.plan.plan,
-        node=node,
-        trial=trial,
-        model=cfg.model_of(node),
-        pretrained=cfg.pretrained_of(node),
-        data=cfg.data,
-        args=cfg.trial_args_for(node, point, full=full),
-        effective_batch=cfg.effective_batch_of(node),
-        grad_clip_norm=cfg.grad_clip_of(node),
-        run_dir=phase_dir(run_dir, node, trial, full=full),
-    )
+    ref = RunRef(node=node, role="full") if full else RunRef(node=node, role="trial", trial=trial)
+    return spec_for(cfg, run_dir, ref, cfg.trial_args_for(node, point, full=full))
 
 
 def score(result: PhaseResult, metric: str) -> float | None:
@@ -107,10 +104,29 @@ def pick_best(trials: Sequence[PhaseResult], metric: str) -> PhaseResult | None:
     return max(scored, key=lambda item: (item[0], -item[1]))[2]
 
 
+def all_tie(trials: Sequence[PhaseResult], metric: str) -> bool:
+    """True when two or more trials have a score and every score is the same (no setting is better)."""
+    scores = {score(t, metric) for t in trials} - {None}
+    return len(scores) == 1 and sum(score(t, metric) is not None for t in trials) > 1
+
+
 def search_points(node: SearchNode) -> list[dict[str, Any]]:
     """The trials' points, chosen as the node's design says."""
     d = node.design
     return sample_trials(node.space, d.method, d.max_trials, seed=d.seed, n_trials=d.n_trials)
+
+
+def best_note(
+    name: str, node: SearchNode, trials: Sequence[PhaseResult], best: PhaseResult, point: dict
+) -> str:
+    """What the report says about the choice: the best trial, or that every trial tied."""
+    value = score(best, node.select)
+    if all_tie(trials, node.select):
+        return (
+            f"{name}: all {len(trials)} trials tie at {node.select} {value:.4f}: no point is better than "
+            f"another; the first, trial {best.trial} {point}, is trained in full"
+        )
+    return f"{name}: best trial {best.trial} ({node.select} {value:.4f}): {point}"
 
 
 def run_search(
@@ -124,11 +140,9 @@ def run_search(
     state.trials += trials
     best = pick_best(trials, node.select)
     if best is None:
-        return PhaseResult(node=name, status="failed", reason="no trial produced a score")
+        return PhaseResult(node=name, role="full", status="failed", reason="no trial produced a score")
     point = points[best.trial or 0]
-    state.notes.append(
-        f"{name}: best trial {best.trial} ({node.select} {score(best, node.select):.4f}): {point}"
-    )
+    state.notes.append(best_note(name, node, trials, best, point))
     return ex.train(search_spec(cfg, run_dir, name, point, None))
 
 

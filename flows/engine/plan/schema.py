@@ -17,6 +17,7 @@ MetricName = Literal["precision", "recall", "map50", "map50_95"]
 SpeedFigure = Literal["images_per_s"]
 VramFigure = Literal["nvml_peak", "torch_peak", "both"]
 UnknownPolicy = Literal["pass", "fail"]
+OnError = Literal["stop", "continue"]
 NODE_NAME = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$"
 
 
@@ -149,6 +150,11 @@ class TrainNode(Strict):
     )
     args: dict[str, Any] = Field(default_factory=dict)
     monitors: list[Monitor] = Field(default_factory=list)
+    on_error: OnError = Field(
+        default="stop",
+        description="An error in this training (not an outcome such as a failed gate): stop the walk "
+        "(the run fails, a re-run resumes), or continue: count it as a failed result and walk on.",
+    )
     next: str
 
     @field_validator("model", "pretrained")
@@ -209,6 +215,9 @@ class SearchNode(Strict):
         default=None, ge=1, description="Epochs of the full run; default: base's."
     )
     monitors: list[Monitor] = Field(default_factory=list)
+    on_error: OnError = Field(
+        default="stop", description="An error in a trial or the full run: stop the walk, or continue."
+    )
     next: str
 
     @field_validator("space")
@@ -281,7 +290,7 @@ EarlyPolicy = Literal["off", "safe", "aggressive"]
 
 
 class EarlyDecisions(Strict):
-    """Whether (and how boldly) a running phase is stopped once the gate that will judge it can no longer pass.
+    """Whether (and how boldly) a running phase is stopped once its gate can no longer pass.
 
     ``safe`` never stops a phase that would have passed on any curve of the calibration set (see
     docs/EARLY_DECISIONS.md); ``aggressive`` saves more and may be wrong; ``off`` trains every epoch.

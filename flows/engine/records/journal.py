@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from flows.engine.errors import TrainingError
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_write_text
 from flows.engine.records.results import Frozen, GateResult, PhaseResult, TrainSpec
@@ -59,11 +60,13 @@ class RunIdentity(BaseModel):
 
 
 class JournalEntry(Frozen):
-    """One finished step of the walk."""
+    """One finished step of the walk, or an error that stopped it (an error entry finishes nothing:
+    a re-run trains that step again)."""
 
-    kind: Literal["train", "gate", "terminal"]
+    kind: Literal["train", "gate", "terminal", "error"]
     key: str
     at: float
+    message: str | None = None
     result: PhaseResult | None = None
     gate: GateResult | None = None
     deployed: Path | None = None
@@ -86,13 +89,6 @@ def plan_sha(document: dict[str, Any]) -> str:
     """A stable hash of the resolved plan and forced arguments."""
     text = json.dumps(document, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def spec_key(spec: TrainSpec) -> str:
-    """Which training a journal entry is: node, trial or full run."""
-    if spec.trial is not None:
-        return f"{spec.node}/trial-{spec.trial:02d}"
-    return f"{spec.node}/full" if spec.run_dir.name == "full" else spec.node
 
 
 class Journal:
@@ -133,12 +129,20 @@ class Journal:
         return entries
 
     def finished(self) -> dict[str, JournalEntry]:
-        """Finished steps by key (the last entry of a key wins)."""
-        return {entry.key: entry for entry in self.entries()}
+        """Finished steps by key (the last entry of a key wins; errors finish nothing)."""
+        return {entry.key: entry for entry in self.entries() if entry.kind != "error"}
+
+    def errors(self) -> list[JournalEntry]:
+        """Every error that stopped this run, oldest first."""
+        return [entry for entry in self.entries() if entry.kind == "error"]
+
+    def record_error(self, key: str, message: str) -> None:
+        """Record that the step ``key`` ended in an error and stopped the run."""
+        self.append(JournalEntry(kind="error", key=key, at=time.time(), message=message))
 
     def record_train(self, spec: TrainSpec, result: PhaseResult) -> None:
         """Record a finished training."""
-        self.append(JournalEntry(kind="train", key=spec_key(spec), at=time.time(), result=result))
+        self.append(JournalEntry(kind="train", key=spec.key, at=time.time(), result=result))
 
     def record_terminal(self, node: str, deployed: tuple[Path | None, str | None]) -> None:
         """Record that the terminal's action (a deploy) is done, so a re-run never deploys twice."""
@@ -250,7 +254,7 @@ class JournalingExecutor:
 
     def train(self, spec: TrainSpec) -> PhaseResult:
         """Return the recorded result, or train (resuming from last.pt when there is one) and record it."""
-        key = spec_key(spec)
+        key = spec.key
         entry = self.done.get(key)
         if entry is not None and entry.result is not None:
             self.log(f"{key}: already finished in this run; not trained again")
@@ -267,7 +271,11 @@ class JournalingExecutor:
         elif last.is_file():
             self.log(f"{key}: resuming the interrupted training from {last}")
             spec = spec.model_copy(update={"resume_from": last})
-        result = self.inner.train(spec)
+        try:
+            result = self.inner.train(spec)
+        except TrainingError as exc:
+            self.journal.record_error(key, str(exc))
+            raise
         kill_point(f"journal:{key}")
         self.journal.record_train(spec, result)
         return result

@@ -13,6 +13,7 @@ from flows.engine.decisions.gates import shortfalls
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_copy, atomic_write_text, write_text_once
 from flows.engine.records.results import GateResult, PhaseResult
+from flows.engine.records.tables import batch_text, fmt4, gate_table, metric_reason, na, vram_text
 
 MAX_VERSIONS = 100_000
 
@@ -45,12 +46,11 @@ def model_card(
         "",
         "| metric (final validation of best.pt) | value |",
         "|---|---|",
-        *(f"| {k} | {v if v is None else f'{v:.4f}'} |" for k, v in m.model_dump().items()),
+        *(f"| {k} | {fmt4(v, metric_reason(phase))} |" for k, v in m.model_dump().items()),
         "",
-        f"Epochs {phase.epochs_done}/{phase.epochs_planned}; batch {phase.batch_used} × {phase.accumulate} "
-        f"accumulation = effective {phase.effective_batch}; {phase.images_per_s or 'unknown'} images/s; "
-        f"peak VRAM NVML {phase.nvml_peak_used_gb} GB, torch {phase.torch_peak_reserved_gb} GB; "
-        f"GPU {phase.gpu_name}.",
+        f"Epochs {phase.epochs_done}/{phase.epochs_planned}; batch × accumulation = effective "
+        f"{batch_text(phase)}; {na(phase.images_per_s, '{:.1f}')} images/s; "
+        f"peak VRAM NVML / torch {vram_text(phase)} GB; GPU {phase.gpu_name or 'n/a (no GPU)'}.",
         "",
     ]
     for gate in gates:
@@ -64,18 +64,6 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
-
-
-def gate_table(gate: GateResult) -> list[str]:
-    """A gate as Markdown table lines."""
-    return [
-        f"### Gate `{gate.node}` on `{gate.subject}`: **{gate.outcome}** → `{gate.next}`",
-        "",
-        "| condition | observed | threshold | verdict | note |",
-        "|---|---|---|---|---|",
-        *(f"| {r.condition} | {r.observed} | {r.threshold} | {r.verdict} | {r.note} |" for r in gate.rows),
-        "",
-    ]
 
 
 SOURCE_RUN = "SOURCE_RUN"

@@ -13,8 +13,8 @@ from itertools import pairwise
 from pathlib import Path
 
 from flows.engine.fsutil import atomic_write_bytes
-from flows.engine.records.registry import gate_table
 from flows.engine.records.results import Decision, PhaseResult, TreeView
+from flows.engine.records.tables import batch_text, fmt4, gate_table, metric_reason, na, vram_text
 
 SHAPES = {
     "train": ('["', '"]'),
@@ -66,11 +66,6 @@ def text_tree(tree: TreeView, path: Sequence[str] = ()) -> str:
     return "\n".join(out)
 
 
-def fmt4(value: float | None) -> str:
-    """A metric for a table."""
-    return "–" if value is None else f"{value:.4f}"
-
-
 def phase_rows(phases: Sequence[PhaseResult]) -> list[str]:
     """One table row per training."""
     rows = [
@@ -79,14 +74,12 @@ def phase_rows(phases: Sequence[PhaseResult]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in phases:
-        m = p.metrics
-        run = p.node if p.trial is None else f"{p.node} trial {p.trial}"
+        m, why = p.metrics, metric_reason(p)
         rows.append(
-            f"| {run} | {p.status} | {fmt4(m.map50_95)} | {fmt4(m.map50)} "
-            f"| {fmt4(m.precision)} | {fmt4(m.recall)} "
-            f"| {p.epochs_done}/{p.epochs_planned} | {p.batch_used}×{p.accumulate}={p.effective_batch} "
-            f"| {p.images_per_s if p.images_per_s is None else f'{p.images_per_s:.1f}'} "
-            f"| {p.nvml_peak_used_gb} / {p.torch_peak_reserved_gb} |"
+            f"| {p.label} | {p.status} | {fmt4(m.map50_95, why)} | {fmt4(m.map50, why)} "
+            f"| {fmt4(m.precision, why)} | {fmt4(m.recall, why)} "
+            f"| {p.epochs_done}/{p.epochs_planned} | {batch_text(p)} "
+            f"| {na(p.images_per_s, '{:.1f}')} | {vram_text(p)} |"
         )
     return rows
 
@@ -95,7 +88,7 @@ def incident_lines(runs: Sequence[PhaseResult]) -> list[str]:
     """One line per training that did not simply complete: why it stopped, NaN epochs and reloads, OOMs."""
     lines = []
     for p in runs:
-        run = p.node if p.trial is None else f"{p.node} trial {p.trial}"
+        run = p.label
         notes = []
         if p.status != "completed":
             notes.append(f"{p.status}: {p.reason or 'no reason given'}")
@@ -122,7 +115,7 @@ def trial_rows(trials: Sequence[PhaseResult], keys: Sequence[str]) -> list[str]:
     rows = ["| trial | " + " | ".join(keys) + " | mAP50-95 | status |", "|---" * (len(keys) + 3) + "|"]
     for t in trials:
         values = " | ".join(str(t.args.get(k, "")) for k in keys)
-        rows.append(f"| {t.node}/{t.trial} | {values} | {fmt4(t.metrics.map50_95)} | {t.status} |")
+        rows.append(f"| {t.key} | {values} | {fmt4(t.metrics.map50_95, metric_reason(t))} | {t.status} |")
     return rows
 
 
@@ -133,7 +126,8 @@ def render_report(
     verdict = (
         f"**Deployed `{decision.deployed_from}`** → `{decision.deployed_model}`"
         if decision.terminal_kind == "deploy"
-        else f"**Kept the baseline {decision.baseline_name}** (mAP50-95 {fmt4(decision.baseline_map50_95)})"
+        else f"**Kept the baseline {decision.baseline_name}** "
+        f"(mAP50-95 {fmt4(decision.baseline_map50_95, 'not stated')})"
     )
     lines = [
         f"# {decision.plan}: run {decision.run_id}",
@@ -182,8 +176,8 @@ def plot_curves(runs: Sequence[PhaseResult], out: Path) -> Path | None:
 
     fig, (ax_map, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
     for run in drawable:
-        label = run.node if run.trial is None else f"{run.node} t{run.trial}"
-        style = "-" if run.trial is None else ":"
+        label = run.node if run.role != "trial" else f"{run.node} t{run.trial}"
+        style = ":" if run.role == "trial" else "-"
         for ax, series in ((ax_map, map_series(run)), (ax_loss, loss_series(run))):
             if series[0]:
                 marker = "o" if len(series[0]) < 15 else None

@@ -12,7 +12,9 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flows.engine.plan.schema import Monitor
 
 METRIC_NAMES = ("precision", "recall", "map50", "map50_95")
 """Validation metrics a gate may read; always of the final validation of best.pt."""
@@ -22,6 +24,61 @@ class Frozen(BaseModel):
     """Base for immutable, strict records."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Role = Literal["phase", "trial", "full"]
+"""What a training is: a train node's phase, one trial of a search, or a search's full run."""
+
+
+class RunRef(Frozen):
+    """Which training this is, spelled one way everywhere (journal keys, task names, logs, folders).
+
+    A phase is its node's name; a search trains trials ``node/trial-NN`` and then the full run of the
+    best point ``node/full``, which is the search's result.
+    """
+
+    node: str
+    role: Role = "phase"
+    trial: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_from_trial(cls, data: object) -> object:
+        """A record that names a trial number is a trial (older records had no ``role``)."""
+        if isinstance(data, dict) and data.get("trial") is not None and "role" not in data:
+            return {**data, "role": "trial"}
+        return data
+
+    @model_validator(mode="after")
+    def _trial_iff_role(self) -> RunRef:
+        if (self.role == "trial") != (self.trial is not None):
+            raise ValueError(f"role {self.role!r} with trial {self.trial!r}: only a trial has a number")
+        return self
+
+    @property
+    def key(self) -> str:
+        """``phase1``, ``phase3/trial-03`` or ``phase3/full``: journal key and folder under phases/."""
+        if self.role == "trial":
+            return f"{self.node}/trial-{self.trial:02d}"
+        return f"{self.node}/full" if self.role == "full" else self.node
+
+    @property
+    def label(self) -> str:
+        """``phase1``, ``phase3 trial 3`` or ``phase3 full run``: how logs and reports name it."""
+        if self.role == "trial":
+            return f"{self.node} trial {self.trial}"
+        return f"{self.node} full run" if self.role == "full" else self.node
+
+    @property
+    def task_run_name(self) -> str:
+        """The Prefect task run's name: ``train-phase1``, ``trial-phase3-03``, ``full-phase3``."""
+        if self.role == "trial":
+            return f"trial-{self.node}-{self.trial:02d}"
+        return f"full-{self.node}" if self.role == "full" else f"train-{self.node}"
+
+    def ref(self) -> RunRef:
+        """Just the identity (for records that name a training without carrying it)."""
+        return RunRef(node=self.node, role=self.role, trial=self.trial)
 
 
 class EpochRecord(Frozen):
@@ -41,15 +98,13 @@ class EpochRecord(Frozen):
     """Cumulative wall time at the end of this epoch, when the record has it."""
 
 
-class EpochEvent(Frozen):
+class EpochEvent(RunRef):
     """Progress of one epoch, streamed from a trainer while it runs.
 
-    This is the single per-epoch event of the engine: monitors, progress artifacts and
-    (later) early stopping and resume all subscribe to it.
+    This is the single per-epoch event of the engine: monitors, progress artifacts, early gate
+    decisions and pruning all subscribe to it.
     """
 
-    node: str
-    trial: int | None = None
     epochs_planned: int
     record: EpochRecord
     images_per_s: float | None = None
@@ -90,12 +145,18 @@ class OomEvent(Frozen):
     message: str = ""
 
 
-class PhaseResult(Frozen):
+Status = Literal["completed", "stopped", "diverged", "out_of_memory", "failed"]
+"""How a training ended. All are *outcomes* the gates judge: ``stopped`` early (a monitor, an early gate
+decision, pruning, or a record that ends short), ``diverged`` (NaN recoveries exhausted),
+``out_of_memory`` (batch halving could not resolve it). ``failed`` is an error that a node with
+``on_error: continue`` turned into an outcome; by default an error stops the walk instead
+(``TrainingError``)."""
+
+
+class PhaseResult(RunRef):
     """Everything the decision logic and the report need to know about one training run."""
 
-    node: str
-    trial: int | None = None
-    status: Literal["completed", "stopped", "diverged", "failed"] = "completed"
+    status: Status = "completed"
     reason: str | None = None
     metrics: ValMetrics = ValMetrics()
     history: tuple[EpochRecord, ...] = ()
@@ -132,8 +193,8 @@ class PhaseResult(Frozen):
         return self.epochs_planned > 0 and self.epochs_done >= self.epochs_planned
 
 
-class TrainSpec(Frozen):
-    """One fully resolved training run, handed to a trainer.
+class TrainSpec(RunRef):
+    """One fully resolved training run, handed to a trainer: what to train and what may stop it.
 
     ``args`` are Ultralytics training arguments already validated and merged
     (defaults → profile → node → trial); ``model``, ``data``, ``project`` and ``name``
@@ -141,8 +202,6 @@ class TrainSpec(Frozen):
     """
 
     plan: str
-    node: str
-    trial: int | None = None
     model: Path
     """Model YAML (scale in the file name, e.g. ``yolo11m-p2.yaml``) or a local checkpoint."""
     pretrained: Path | None = None
@@ -157,6 +216,10 @@ class TrainSpec(Frozen):
     """Folder the trainer owns for this run (Ultralytics' project/name)."""
     resume_from: Path | None = None
     """An interrupted run's own last.pt: resume it with its own arguments instead of starting over."""
+    monitors: tuple[Monitor, ...] = ()
+    """Per-epoch checks of the node (a search's apply to its trials and full run); ``stop`` ones end it."""
+    on_error: Literal["stop", "continue"] = "stop"
+    """What an error in this training does: stop the walk (default), or count as a ``failed`` outcome."""
 
     @property
     def epochs(self) -> int:
