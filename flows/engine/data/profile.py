@@ -1,0 +1,903 @@
+"""A profile of the dataset's labels, made before any GPU time is spent, and the plan-sanity
+warnings it supports.
+
+Why: the FOD plan's Phase 2 drops the stride-32 (P5) head on the claim that runway debris is
+under 64 px. That is a claim about the data, and a wrong one costs a night of training and a
+gate that judges the architecture on data the claim does not describe. The same labels also
+show train/val leakage (identical files in both splits: every metric optimistic) and classes
+without validation instances (their AP cannot be measured). All of it comes from label files
+and image headers, so it takes well under a second for a few hundred images.
+
+Box sizes are measured as Ultralytics trains on them: it resizes each image so that its
+longest side becomes ``imgsz`` (scale ``imgsz / max(W, H)``) and a label ``cls cx cy w h`` is
+normalised to the image, so a box's longest side at ``imgsz`` is
+``max(w·W, h·H) · imgsz / max(W, H)``. ``W, H`` are read from the image header only (no pixel
+decoding), swapped when the EXIF orientation says the image is stored rotated by 90°, as
+Ultralytics' ``exif_size`` does. Label rows are read as ``check_labels`` reads them: a row it
+would report is skipped (and counted); exact duplicate rows are counted once, as Ultralytics
+drops them; a polygon row counts as its bounding box, as Ultralytics converts it.
+
+Input is plain data: split name → image paths (the dataset resolution produces it), the class
+names, the training ``imgsz``, and per phase ``(name, imgsz, max_stride)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations, pairwise
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from flows.engine.data.checks import label_line_problem, label_path, unpatched_open
+from flows.engine.fsutil import atomic_write_bytes
+from flows.engine.plan.problems import Problem
+from flows.engine.records.results import Frozen
+
+SMALL_BOX_PX = 8.0
+"""Boxes with a longest side under this (at imgsz) are reported as too small: the plan's debris is
+8-64 px, and under 8 px even the stride-4 P2 head has at most 2x2 grid points inside a box."""
+
+LARGE_BOX_PX = 64.0
+"""Boxes with a longest side over this (at imgsz) are what the stride-32 (P5) head is for; the plan
+drops that head on the claim that FOD is under 64 px."""
+
+MAX_LARGE_SHARE_WITHOUT_P5 = 0.02
+"""Largest share of boxes over ``LARGE_BOX_PX`` a phase without the stride-32 head may see before it
+is warned about. Phase 2's gate allows about one point of mAP50-95 below Phase 1's target (0.905
+vs 0.915); if more than 2 % of the boxes are ones the lighter model is not built for, missing them
+alone can cost more than that margin, and the gate would compare architectures on the wrong data."""
+
+P5_STRIDE = 32
+"""A model whose largest detection stride is below this has no P5 head."""
+
+HISTOGRAM_EDGES_PX: tuple[float, ...] = (4, 8, 16, 32, 64, 128, 256)
+"""Bin edges of the longest-side histogram (px at imgsz): powers of two, the detection strides'
+scale. Bins are half-open, [lo, hi): a box of exactly 16 px is in 16-32."""
+
+MAX_EXAMPLES = 5
+"""Leaked image pairs named in the profile (the count is always complete)."""
+
+QUICK_HASH_BYTES = 8192
+"""Bytes read from each end of a file to rule out most same-size pairs before hashing them whole."""
+
+VAL_SPLIT = "val"
+"""The split whose metrics the gates read: leakage into it and classes missing from it matter."""
+
+MAX_TEXT_CLASSES = 8
+"""Classes listed in the --dry-run text; the Markdown report lists all."""
+
+WarningKind = Literal["large_boxes_without_p5", "leakage", "class_without_val"]
+
+
+class PhaseShape(NamedTuple):
+    """What the profile needs to know of a training phase (a plain tuple works as well)."""
+
+    name: str
+    imgsz: int
+    max_stride: int
+
+
+class SplitProfile(Frozen):
+    """Counts of one split (or of all splits together), box sizes at the profile's imgsz."""
+
+    images: int
+    empty_images: int
+    """Images without a box: no label file, an empty one, or only rows ``check_labels`` rejects."""
+    missing_labels: int
+    """Of the empty images, those without any label file (Ultralytics: background)."""
+    instances: int
+    class_instances: tuple[int, ...]
+    """Boxes per class id (aligned with ``DataProfile.classes``)."""
+    class_images: tuple[int, ...]
+    """Images holding at least one box of each class id."""
+    measured_boxes: int
+    """Boxes whose image size could be read: the histogram and the shares count these."""
+    histogram: tuple[int, ...]
+    """Boxes per bin of ``DataProfile.edges_px`` (one more bin than edges)."""
+    small_boxes: int
+    large_boxes: int
+    min_px: float | None = None
+    median_px: float | None = None
+    max_px: float | None = None
+    unreadable_images: int = 0
+    """Images with boxes whose header could not be read (``check_dataset`` names them)."""
+    invalid_rows: int = 0
+    """Label rows skipped because ``check_labels`` would report them (or an unreadable label file)."""
+    duplicate_rows: int = 0
+    """Exact repeats of a row in the same file, dropped as Ultralytics drops them."""
+
+    @property
+    def share_small(self) -> float:
+        """Share of measured boxes under the small threshold (0 when there are none)."""
+        return self.small_boxes / self.measured_boxes if self.measured_boxes else 0.0
+
+    @property
+    def share_large(self) -> float:
+        """Share of measured boxes over the large threshold (0 when there are none)."""
+        return self.large_boxes / self.measured_boxes if self.measured_boxes else 0.0
+
+
+class Leak(Frozen):
+    """Images of ``second`` that are byte-identical to an image of ``first``."""
+
+    first: str
+    second: str
+    images: int
+    examples: tuple[tuple[str, str], ...] = ()
+    """(path in ``first``, path in ``second``), at most ``MAX_EXAMPLES``."""
+
+
+class PhaseCheck(Frozen):
+    """The box sizes one phase trains and is validated on (all splits, at its own imgsz), and whether
+    it lacks the P5 head."""
+
+    name: str
+    imgsz: int
+    max_stride: int
+    drops_p5: bool
+    measured_boxes: int
+    small_boxes: int
+    large_boxes: int
+    warned: bool
+
+    @property
+    def share_large(self) -> float:
+        """Share of boxes over the large threshold at this phase's imgsz."""
+        return self.large_boxes / self.measured_boxes if self.measured_boxes else 0.0
+
+    @property
+    def share_small(self) -> float:
+        """Share of boxes under the small threshold at this phase's imgsz."""
+        return self.small_boxes / self.measured_boxes if self.measured_boxes else 0.0
+
+
+class ProfileWarning(Frozen):
+    """One plan-sanity warning: ``where`` is a plan key (``nodes.phase2``) or a split name."""
+
+    kind: WarningKind
+    where: str
+    message: str
+
+
+class DataProfile(Frozen):
+    """What the labels say, for ``--dry-run`` and the report; made by ``profile_dataset``."""
+
+    imgsz: int
+    classes: tuple[str, ...]
+    edges_px: tuple[float, ...]
+    small_px: float
+    large_px: float
+    max_large_share: float
+    splits: dict[str, SplitProfile]
+    overall: SplitProfile
+    """All splits together (an image listed in two splits counts twice)."""
+    leaks: tuple[Leak, ...] = ()
+    """One entry per pair of splits that share identical files."""
+    hashed_files: int = 0
+    """Files read whole for the leakage check (only those a same-size file in another split forces)."""
+    phases: tuple[PhaseCheck, ...] = ()
+    warnings: tuple[ProfileWarning, ...] = ()
+
+    @property
+    def warning_lines(self) -> tuple[str, ...]:
+        """The warnings as message strings (what ``RunConfig.warnings`` holds)."""
+        return tuple(f"warning: {w.where}: {w.message}" for w in self.warnings)
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Rows:
+    """One split's label rows as read: 5-column rows in bulk (checked later, all at once), the rest
+    already turned into boxes row by row."""
+
+    nc: int
+    tokens: list[str] = field(default_factory=list)
+    """The fields of every file whose rows all have 5 columns, one after the other."""
+    plain_files: list[int] = field(default_factory=list)
+    """Image index of each such file."""
+    plain_counts: list[int] = field(default_factory=list)
+    """Rows of each such file."""
+    checked: list[np.ndarray] = field(default_factory=list)
+    """Boxes (image index, class, w, h) of the files read row by row."""
+    missing: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class _Tally:
+    """The counts of one split (or of several together)."""
+
+    images: int
+    empty: int
+    missing: int
+    unreadable: int
+    invalid: int
+    duplicates: int
+    instances: np.ndarray
+    with_class: np.ndarray
+    sides: np.ndarray
+    """Each measured box's longest side in pixels of its stored (EXIF-rotated) image."""
+    longest: np.ndarray
+    """The longest side of that box's image, in pixels."""
+
+    def px(self, imgsz: int) -> np.ndarray:
+        """Each measured box's longest side after the resize to ``imgsz`` (Ultralytics' letterbox)."""
+        return self.sides * imgsz / self.longest
+
+
+def box_extent(coords: Sequence[float]) -> tuple[float, float]:
+    """(w, h) of a box row (cx cy w h) or of a polygon row's bounding box (x1 y1 x2 y2 …)."""
+    if len(coords) == 4:
+        return coords[2], coords[3]
+    xs, ys = coords[0::2], coords[1::2]
+    return max(xs) - min(xs), max(ys) - min(ys)
+
+
+def checked_boxes(rows: Sequence[Sequence[str]], nc: int, image: int, acc: _Rows) -> None:
+    """Row by row: skip what ``label_line_problem`` rejects, drop exact repeats, polygons as boxes."""
+    seen: set[tuple[float, ...]] = set()
+    boxes = []
+    for row in rows:
+        if label_line_problem(" ".join(row), nc):
+            acc.invalid += 1
+            continue
+        values = tuple(float(v) for v in row)
+        if values in seen:
+            acc.duplicates += 1
+            continue
+        seen.add(values)
+        boxes.append((image, values[0], *box_extent(values[1:])))
+    if boxes:
+        acc.checked.append(np.array(boxes, dtype=np.float64))
+
+
+def label_text(image: Path, acc: _Rows) -> str:
+    """The label file's text; empty when it is missing (counted) or unreadable (counted as invalid)."""
+    try:
+        return label_path(image).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        acc.missing += 1
+    except (OSError, UnicodeDecodeError):
+        acc.invalid += 1
+    return ""
+
+
+def oriented_size(image: Path) -> tuple[int, int] | None:
+    """(W, H) as Ultralytics sees the image (EXIF rotation applied), from the header; None if unreadable.
+
+    Ultralytics' ``exif_size`` swaps W and H when the orientation tag (274) is 5-8. A PNG keeps its
+    EXIF in ``info`` only when the chunk precedes the pixels; asking Pillow for more would decode the
+    image, so a later chunk is not looked at (Ultralytics' own call fails there and does not swap).
+    """
+    from PIL import Image
+
+    try:
+        with unpatched_open(Image)(image) as im:
+            width, height = im.size
+            if im.format == "PNG" and "exif" not in im.info:
+                return width, height
+            exif = im.tag_v2 if im.format == "TIFF" else im.getexif()
+            return (height, width) if exif.get(274) in {5, 6, 7, 8} else (width, height)
+    except Exception:  # PIL raises many kinds for a corrupt or missing file
+        return None
+
+
+def read_split(images: Sequence[Path], nc: int) -> tuple[_Rows, np.ndarray]:
+    """Every label file of a split, and (W, H) of every image with label rows (NaN: unreadable).
+
+    Rows are only split into fields here; numbers are parsed and checked for the whole split at
+    once by ``bulk_boxes``: per-file numpy calls would cost more than the parsing itself.
+    """
+    acc = _Rows(nc)
+    sizes = np.full((len(images), 2), np.nan)
+    for i, image in enumerate(images):
+        text = label_text(image, acc)
+        rows = [fields for line in text.splitlines() if (fields := line.split())]
+        if not rows:
+            continue
+        if all(len(fields) == 5 for fields in rows):
+            acc.tokens += text.split()  # the same fields: every line break is whitespace to split()
+            acc.plain_files.append(i)
+            acc.plain_counts.append(len(rows))
+        else:
+            checked_boxes(rows, nc, i, acc)
+        if (size := oriented_size(image)) is not None:
+            sizes[i] = size
+    return acc, sizes
+
+
+def parse_tokens(tokens: list[str], counts: Sequence[int]) -> np.ndarray:
+    """The 5-column rows as numbers; a file with a field numpy cannot parse gets NaN rows."""
+    try:
+        return np.array(tokens, dtype=np.float64).reshape(-1, 5)
+    except ValueError:
+        pass
+    values = np.full((len(tokens) // 5, 5), np.nan)
+    start = 0
+    for n in counts:
+        with contextlib.suppress(ValueError):  # a file left NaN is read row by row
+            chunk = tokens[5 * start : 5 * (start + n)]
+            values[start : start + n] = np.array(chunk, dtype=np.float64).reshape(-1, 5)
+        start += n
+    return values
+
+
+def valid_rows(values: np.ndarray, nc: int) -> np.ndarray:
+    """Per row: does it pass every test of ``label_line_problem`` (the same tests, vectorised)?"""
+    cls, coords = values[:, 0], values[:, 1:]
+    good_cls = (cls % 1 == 0) & (cls >= 0) & (cls < nc)
+    return good_cls & np.all(np.isfinite(coords) & (coords >= 0) & (coords <= 1.0001), axis=1)
+
+
+def drop_repeats(table: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rows that equal an earlier row in every column removed, and how many (Ultralytics drops them)."""
+    if len(table) < 2:
+        return table, 0
+    ordered = table[np.lexsort(table.T[::-1])]
+    repeat = np.zeros(len(ordered), dtype=bool)
+    repeat[1:] = np.all(ordered[1:] == ordered[:-1], axis=1)
+    return ordered[~repeat], int(repeat.sum())
+
+
+def bulk_boxes(acc: _Rows) -> np.ndarray:
+    """Boxes (image index, class, w, h) of the 5-column files; files with a bad row go row by row."""
+    files = np.repeat(np.asarray(acc.plain_files, dtype=np.float64), acc.plain_counts)
+    values = parse_tokens(acc.tokens, acc.plain_counts)
+    bad_files = set(files[~valid_rows(values, acc.nc)].astype(int).tolist())
+    if bad_files:
+        starts = np.concatenate([[0], np.cumsum(acc.plain_counts)]).astype(int)
+        for k, image in enumerate(acc.plain_files):
+            if image in bad_files:
+                chunk = acc.tokens[5 * starts[k] : 5 * starts[k + 1]]
+                rows = [chunk[j : j + 5] for j in range(0, len(chunk), 5)]
+                checked_boxes(rows, acc.nc, image, acc)
+        keep = ~np.isin(files, list(bad_files))
+        files, values = files[keep], values[keep]
+    table, repeats = drop_repeats(np.column_stack([files, values]))
+    acc.duplicates += repeats
+    return table[:, [0, 1, 4, 5]]
+
+
+def tally_split(images: Sequence[Path], nc: int) -> _Tally:
+    """Read a split's labels and image headers and count everything the profile shows."""
+    acc, sizes = read_split(images, nc)
+    plain = bulk_boxes(acc)  # may hand files with a bad row to the row-by-row reading
+    boxes = np.concatenate([plain, *acc.checked])
+    image, cls = boxes[:, 0].astype(np.intp), boxes[:, 1].astype(np.intp)
+    with_boxes = np.unique(image)
+    width, height = sizes[image, 0], sizes[image, 1]
+    measured = np.isfinite(width)
+    longest = np.maximum(width, height)[measured]
+    sides = np.maximum(boxes[measured, 2] * width[measured], boxes[measured, 3] * height[measured])
+    return _Tally(
+        images=len(images),
+        empty=len(images) - len(with_boxes),
+        missing=acc.missing,
+        unreadable=int(np.count_nonzero(np.isnan(sizes[with_boxes, 0]))),
+        invalid=acc.invalid,
+        duplicates=acc.duplicates,
+        instances=np.bincount(cls, minlength=nc),
+        with_class=np.bincount(np.unique(image * nc + cls) % nc, minlength=nc),
+        sides=sides,
+        longest=longest,
+    )
+
+
+def merge_tallies(tallies: Sequence[_Tally], nc: int) -> _Tally:
+    """All splits as one tally."""
+    return _Tally(
+        images=sum(t.images for t in tallies),
+        empty=sum(t.empty for t in tallies),
+        missing=sum(t.missing for t in tallies),
+        unreadable=sum(t.unreadable for t in tallies),
+        invalid=sum(t.invalid for t in tallies),
+        duplicates=sum(t.duplicates for t in tallies),
+        instances=sum((t.instances for t in tallies), np.zeros(nc, dtype=np.int64)),
+        with_class=sum((t.with_class for t in tallies), np.zeros(nc, dtype=np.int64)),
+        sides=np.concatenate([t.sides for t in tallies]) if tallies else np.zeros(0),
+        longest=np.concatenate([t.longest for t in tallies]) if tallies else np.zeros(0),
+    )
+
+
+def summarise(
+    tally: _Tally, imgsz: int, edges: Sequence[float], small_px: float, large_px: float
+) -> SplitProfile:
+    """A split's profile from its tally, box sizes in pixels at ``imgsz``."""
+    px = tally.px(imgsz)
+    bins = np.bincount(np.searchsorted(np.asarray(edges), px, side="right"), minlength=len(edges) + 1)
+    has_boxes = px.size > 0
+    return SplitProfile(
+        images=tally.images,
+        empty_images=tally.empty,
+        missing_labels=tally.missing,
+        instances=int(tally.instances.sum()),
+        class_instances=tuple(int(n) for n in tally.instances),
+        class_images=tuple(int(n) for n in tally.with_class),
+        measured_boxes=int(px.size),
+        histogram=tuple(int(n) for n in bins),
+        small_boxes=int(np.count_nonzero(px < small_px)),
+        large_boxes=int(np.count_nonzero(px > large_px)),
+        min_px=float(px.min()) if has_boxes else None,
+        median_px=float(np.median(px)) if has_boxes else None,
+        max_px=float(px.max()) if has_boxes else None,
+        unreadable_images=tally.unreadable,
+        invalid_rows=tally.invalid,
+        duplicate_rows=tally.duplicates,
+    )
+
+
+# ----------------------------------------------------------------------------------------- leakage
+
+
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(size, device, inode) of a file, or None when it cannot be looked up."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_size, st.st_dev, st.st_ino
+
+
+def quick_digest(path: Path, size: int) -> bytes | None:
+    """A hash of a file's first and last ``QUICK_HASH_BYTES``: different means different content."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(QUICK_HASH_BYTES)
+            if size > 2 * QUICK_HASH_BYTES:
+                handle.seek(-QUICK_HASH_BYTES, os.SEEK_END)
+            tail = handle.read(QUICK_HASH_BYTES)
+    except OSError:
+        return None
+    return hashlib.blake2b(head + tail, digest_size=16).digest()
+
+
+def full_digest(path: Path) -> bytes | None:
+    """SHA-256 of the whole file, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").digest()
+    except OSError:
+        return None
+
+
+def content_keys(splits: Mapping[str, Sequence[Path]]) -> tuple[dict[Path, bytes], int]:
+    """A content hash for every file that could have a twin in another split; and how many were hashed.
+
+    Files are grouped by size first; only sizes found in two splits are read, their ends first, and
+    only files whose ends match a file of another split are hashed whole. Hard links (one inode)
+    are hashed once. A dataset whose splits share no file size reads nothing.
+    """
+    by_size: dict[int, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    inode: dict[Path, tuple[int, int]] = {}
+    for split, images in splits.items():
+        for image in images:
+            if (ident := file_identity(image)) is not None:
+                by_size[ident[0]][split].append(image)
+                inode[image] = ident[1:]
+    by_quick: dict[tuple[int, bytes], dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    for size, group in by_size.items():
+        if len(group) < 2:
+            continue
+        for split, paths in group.items():
+            for path in paths:
+                if (quick := quick_digest(path, size)) is not None:
+                    by_quick[(size, quick)][split].append(path)
+    keys: dict[Path, bytes] = {}
+    by_inode: dict[tuple[int, int], bytes | None] = {}
+    for group in (g for g in by_quick.values() if len(g) > 1):
+        for paths in group.values():
+            for path in paths:
+                if inode[path] not in by_inode:
+                    by_inode[inode[path]] = full_digest(path)
+                if (digest := by_inode[inode[path]]) is not None:
+                    keys[path] = digest
+    return keys, len(by_inode)
+
+
+def find_leaks(
+    splits: Mapping[str, Sequence[Path]], max_examples: int = MAX_EXAMPLES
+) -> tuple[tuple[Leak, ...], int]:
+    """For each pair of splits (in the mapping's order), the images of the second found in the first."""
+    keys, hashed = content_keys(splits)
+    leaks = []
+    for first, second in combinations(splits, 2):
+        seen_in_first: dict[bytes, Path] = {}
+        for path in splits[first]:
+            if path in keys:
+                seen_in_first.setdefault(keys[path], path)
+        twins = [(seen_in_first[keys[p]], p) for p in splits[second] if keys.get(p) in seen_in_first]
+        if twins:
+            examples = tuple((str(a), str(b)) for a, b in twins[:max_examples])
+            leaks.append(Leak(first=first, second=second, images=len(twins), examples=examples))
+    return tuple(leaks), hashed
+
+
+# ----------------------------------------------------------------------------------------- plan sanity
+
+
+def check_phases(
+    phases: Iterable[PhaseShape | tuple[str, int, int]],
+    tally: _Tally,
+    *,
+    small_px: float,
+    large_px: float,
+    max_large_share: float,
+    p5_stride: int,
+) -> tuple[PhaseCheck, ...]:
+    """Each phase's box sizes at its own imgsz, flagged when it lacks the P5 head and too many are large."""
+    checks = []
+    for name, imgsz, stride in phases:
+        px = tally.px(imgsz)
+        large = int(np.count_nonzero(px > large_px))
+        drops = stride < p5_stride
+        share = large / px.size if px.size else 0.0
+        checks.append(
+            PhaseCheck(
+                name=name,
+                imgsz=imgsz,
+                max_stride=stride,
+                drops_p5=drops,
+                measured_boxes=int(px.size),
+                small_boxes=int(np.count_nonzero(px < small_px)),
+                large_boxes=large,
+                warned=drops and share > max_large_share,
+            )
+        )
+    return tuple(checks)
+
+
+def pct(share: float) -> str:
+    """A share as a percentage with one decimal."""
+    return f"{share * 100:.1f} %"
+
+
+def phase_warning(check: PhaseCheck, large_px: float, max_share: float, p5_stride: int) -> ProfileWarning:
+    """The warning for a phase without the P5 head that sees too many large boxes."""
+    message = (
+        f"{check.name} drops the stride-{p5_stride} head (largest stride {check.max_stride}), but "
+        f"{check.large_boxes} of {check.measured_boxes} boxes ({pct(check.share_large)}) have a longest "
+        f"side over {large_px:g} px at its imgsz {check.imgsz} (more than {pct(max_share)}): the claim "
+        f"that the objects are under {large_px:g} px does not hold for this data; keep the "
+        f"stride-{p5_stride} head (a yolo11*-p2 model) or check the labels"
+    )
+    return ProfileWarning(kind="large_boxes_without_p5", where=f"nodes.{check.name}", message=message)
+
+
+def leak_warning(leak: Leak) -> ProfileWarning:
+    """The warning for images found in two splits."""
+    a, b = leak.examples[0]
+    message = (
+        f"{leak.images} {leak.second} image(s) are byte-identical to {leak.first} images "
+        f"(e.g. {b} = {a}): metrics on {leak.second}, and every gate that reads them, are optimistic; "
+        f"remove the duplicates from one split"
+    )
+    return ProfileWarning(kind="leakage", where=leak.second, message=message)
+
+
+def missing_class_warning(classes: Sequence[str], split: str) -> ProfileWarning:
+    """The warning for classes with no instance in the validation split."""
+    listed = ", ".join(repr(c) for c in classes)
+    noun = "class" if len(classes) == 1 else "classes"
+    message = (
+        f"{noun} {listed} {'has' if len(classes) == 1 else 'have'} no instances in {split}: "
+        f"{'its' if len(classes) == 1 else 'their'} AP cannot be measured and mAP averages the other "
+        f"classes only; add {split} images that show {'it' if len(classes) == 1 else 'them'}"
+    )
+    return ProfileWarning(kind="class_without_val", where=split, message=message)
+
+
+def collect_warnings(
+    classes: Sequence[str],
+    splits: Mapping[str, SplitProfile],
+    leaks: Sequence[Leak],
+    phases: Sequence[PhaseCheck],
+    *,
+    large_px: float,
+    max_large_share: float,
+    p5_stride: int,
+) -> tuple[ProfileWarning, ...]:
+    """Every plan-sanity warning: large boxes without P5, leakage, classes absent from val."""
+    found = [phase_warning(c, large_px, max_large_share, p5_stride) for c in phases if c.warned]
+    found += [leak_warning(leak) for leak in leaks]
+    if VAL_SPLIT in splits:
+        counts = splits[VAL_SPLIT].class_instances
+        absent = [name for name, n in zip(classes, counts, strict=True) if n == 0]
+        if absent:
+            found.append(missing_class_warning(absent, VAL_SPLIT))
+    return tuple(found)
+
+
+def class_names(names: Sequence[str] | Mapping[int, str]) -> tuple[str, ...]:
+    """Class names by id, from a list or an ``{id: name}`` mapping (as in a dataset YAML)."""
+    if isinstance(names, Mapping):
+        return tuple(str(names[i]) for i in sorted(names))
+    return tuple(str(n) for n in names)
+
+
+def profile_dataset(
+    splits: Mapping[str, Sequence[Path | str]],
+    names: Sequence[str] | Mapping[int, str],
+    imgsz: int,
+    phases: Iterable[PhaseShape | tuple[str, int, int]] = (),
+    *,
+    small_px: float = SMALL_BOX_PX,
+    large_px: float = LARGE_BOX_PX,
+    max_large_share: float = MAX_LARGE_SHARE_WITHOUT_P5,
+    p5_stride: int = P5_STRIDE,
+    edges_px: Sequence[float] = HISTOGRAM_EDGES_PX,
+    max_examples: int = MAX_EXAMPLES,
+) -> DataProfile:
+    """Profile the labels of every split, check each phase against them, and collect the warnings.
+
+    ``splits`` maps a split name (``train``, ``val``, …) to its image paths; label files are found by
+    Ultralytics' rule (``label_path``). ``imgsz`` is the size the histogram is drawn at; each phase is
+    checked at its own imgsz. Never raises for a missing or corrupt file: it is counted, and
+    ``check_dataset`` is what reports it.
+    """
+    classes = class_names(names)
+    paths = {split: [Path(p) for p in images] for split, images in splits.items()}
+    tallies = {split: tally_split(images, len(classes)) for split, images in paths.items()}
+    total = merge_tallies(list(tallies.values()), len(classes))
+    edges = tuple(float(e) for e in edges_px)
+    per_split = {s: summarise(t, imgsz, edges, small_px, large_px) for s, t in tallies.items()}
+    leaks, hashed = find_leaks(paths, max_examples)
+    thresholds = {"large_px": large_px, "max_large_share": max_large_share, "p5_stride": p5_stride}
+    checks = check_phases(phases, total, small_px=small_px, **thresholds)
+    return DataProfile(
+        imgsz=imgsz,
+        classes=classes,
+        edges_px=edges,
+        small_px=small_px,
+        large_px=large_px,
+        max_large_share=max_large_share,
+        splits=per_split,
+        overall=summarise(total, imgsz, edges, small_px, large_px),
+        leaks=leaks,
+        hashed_files=hashed,
+        phases=checks,
+        warnings=collect_warnings(classes, per_split, leaks, checks, **thresholds),
+    )
+
+
+def warning_problems(profile: DataProfile, *, plan: str, data: str) -> list[Problem]:
+    """The warnings as ``Problem`` warnings: a phase's under the plan file, the others under the dataset."""
+    return [
+        Problem(plan if w.kind == "large_boxes_without_p5" else data, w.where, w.message, severity="warning")
+        for w in profile.warnings
+    ]
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+
+def bin_labels(edges: Sequence[float]) -> list[str]:
+    """'<4', '4–8', …, '≥256' for the histogram's bins."""
+    inner = [f"{lo:g}–{hi:g}" for lo, hi in pairwise(edges)]
+    return [f"<{edges[0]:g}", *inner, f"≥{edges[-1]:g}"]
+
+
+def fmt_px(value: float | None) -> str:
+    """A pixel size, or a dash when there is none."""
+    return "–" if value is None else f"{value:.1f}"
+
+
+def split_line(name: str, split: SplitProfile, profile: DataProfile) -> str:
+    """One split in one line: images, empty, boxes, shares under and over the thresholds."""
+    small, large = f"<{profile.small_px:g} px", f">{profile.large_px:g} px"
+    line = (
+        f"  {name:<6} {split.images:6d} images ({split.empty_images} empty), {split.instances:7d} boxes; "
+        f"{small} {pct(split.share_small)}, {large} {pct(split.share_large)}"
+    )
+    skipped = [
+        (split.unreadable_images, "images unreadable"),
+        (split.invalid_rows, "label rows rejected"),
+        (split.duplicate_rows, "duplicate rows"),
+    ]
+    extras = [f"{n} {what}" for n, what in skipped if n]
+    return line + (f" ({', '.join(extras)})" if extras else "")
+
+
+def class_line(profile: DataProfile) -> str:
+    """Boxes per class and split, the first few classes only."""
+    order = list(profile.splits)
+    shown = []
+    for cls, name in enumerate(profile.classes[:MAX_TEXT_CLASSES]):
+        shown.append(f"{name} {'/'.join(str(profile.splits[s].class_instances[cls]) for s in order)}")
+    more = len(profile.classes) - MAX_TEXT_CLASSES
+    tail = f", … {more} more (see the report)" if more > 0 else ""
+    return f"  boxes per class ({'/'.join(order)}): {', '.join(shown)}{tail}"
+
+
+def leak_line(profile: DataProfile) -> str:
+    """Leakage in one line."""
+    if not profile.leaks:
+        return "  leakage: no image is byte-identical across splits"
+    parts = [f"{leak.images} {leak.second} images also in {leak.first}" for leak in profile.leaks]
+    return f"  leakage: {'; '.join(parts)}"
+
+
+def histogram_lines(split: SplitProfile, edges: Sequence[float], width: int = 30) -> list[str]:
+    """A text bar chart of the longest-side histogram."""
+    peak = max(split.histogram, default=0) or 1
+    out = []
+    for label, count in zip(bin_labels(edges), split.histogram, strict=True):
+        share = count / split.measured_boxes if split.measured_boxes else 0.0
+        bar = "█" * math.ceil(width * count / peak) if count else ""
+        out.append(f"    {label:>8} px {count:7d} {pct(share):>7}  {bar}")
+    return out
+
+
+def render_text(profile: DataProfile) -> str:
+    """The profile for ``--dry-run``: a line per split, classes, leakage, one histogram, the phases."""
+    lines = [f"data profile (box longest side in px at imgsz {profile.imgsz}):"]
+    lines += [split_line(name, split, profile) for name, split in profile.splits.items()]
+    lines += [class_line(profile), leak_line(profile)]
+    lines.append(f"  longest side, all splits ({profile.overall.measured_boxes} boxes):")
+    lines += histogram_lines(profile.overall, profile.edges_px)
+    for check in profile.phases:
+        head = "no stride-32 head" if check.drops_p5 else "stride-32 head"
+        lines.append(
+            f"  {check.name}: imgsz {check.imgsz}, {head}: >{profile.large_px:g} px {pct(check.share_large)}"
+            f"{'  ← over the ' + pct(profile.max_large_share) + ' allowed' if check.warned else ''}"
+        )
+    return "\n".join(lines)
+
+
+def md_cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def split_table(profile: DataProfile) -> list[str]:
+    """Markdown table: one row per split and one for all."""
+    s, large = f"{profile.small_px:g}", f"{profile.large_px:g}"
+    rows = [
+        f"| split | images | empty (no label file) | boxes | < {s} px | > {large} px "
+        "| smallest | median | largest |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, split in [*profile.splits.items(), ("all", profile.overall)]:
+        rows.append(
+            f"| {md_cell(name)} | {split.images} | {split.empty_images} ({split.missing_labels}) | "
+            f"{split.instances} | {split.small_boxes} ({pct(split.share_small)}) | "
+            f"{split.large_boxes} ({pct(split.share_large)}) | {fmt_px(split.min_px)} | "
+            f"{fmt_px(split.median_px)} | {fmt_px(split.max_px)} |"
+        )
+    return rows
+
+
+def class_table(profile: DataProfile) -> list[str]:
+    """Markdown table: images and boxes per class and split."""
+    order = list(profile.splits)
+    head = " | ".join(f"{md_cell(s)} images | {md_cell(s)} boxes" for s in order)
+    rows = [f"| id | class | {head} |", "|---:|---|" + "---:|---:|" * len(order)]
+    for cls, name in enumerate(profile.classes):
+        cells = " | ".join(
+            f"{profile.splits[s].class_images[cls]} | {profile.splits[s].class_instances[cls]}" for s in order
+        )
+        rows.append(f"| {cls} | {md_cell(name)} | {cells} |")
+    return rows
+
+
+def histogram_table(profile: DataProfile) -> list[str]:
+    """Markdown table: the longest-side histogram per split and for all."""
+    columns = [*profile.splits.items(), ("all", profile.overall)]
+    rows = [
+        f"| longest side (px) | {' | '.join(md_cell(n) for n, _ in columns)} | share (all) |",
+        "|---|" + "---:|" * (len(columns) + 1),
+    ]
+    total = profile.overall.measured_boxes
+    for i, label in enumerate(bin_labels(profile.edges_px)):
+        counts = " | ".join(str(split.histogram[i]) for _, split in columns)
+        share = profile.overall.histogram[i] / total if total else 0.0
+        rows.append(f"| {label} | {counts} | {pct(share)} |")
+    return rows
+
+
+def phase_table(profile: DataProfile) -> list[str]:
+    """Markdown table: each phase's imgsz, head and box shares."""
+    rows = [
+        f"| phase | imgsz | largest stride | < {profile.small_px:g} px | > {profile.large_px:g} px | |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for c in profile.phases:
+        verdict = (
+            f"**over {pct(profile.max_large_share)} without the P5 head**"
+            if c.warned
+            else ("no P5 head" if c.drops_p5 else "")
+        )
+        rows.append(
+            f"| {md_cell(c.name)} | {c.imgsz} | {c.max_stride} | {c.small_boxes} ({pct(c.share_small)}) | "
+            f"{c.large_boxes} ({pct(c.share_large)}) | {verdict} |"
+        )
+    return rows
+
+
+def leak_section(profile: DataProfile) -> list[str]:
+    """Markdown: leakage found, with examples, or a line saying there is none."""
+    if not profile.leaks:
+        return ["No image is byte-identical across splits.", ""]
+    lines = []
+    for leak in profile.leaks:
+        first, second = md_cell(leak.first), md_cell(leak.second)
+        lines.append(f"- {leak.images} {second} images are identical to {first} images, e.g.:")
+        lines += [f"  - `{b}` = `{a}`" for a, b in leak.examples]
+    return [*lines, ""]
+
+
+def render_markdown(
+    profile: DataProfile, histogram_png: str | None = None, *, with_warnings: bool = True
+) -> str:
+    """The profile as a report section (Markdown tables); ``histogram_png``: a relative image link.
+
+    ``with_warnings=False`` leaves out the warnings, for a report that lists them with the others.
+    """
+    lines = [
+        "## Dataset profile",
+        "",
+        f"Box sizes are each box's longest side in pixels after Ultralytics resizes the image's longest "
+        f"side to imgsz {profile.imgsz}. Counted from the label files and image headers before training.",
+        "",
+        *split_table(profile),
+        "",
+        "### Classes",
+        "",
+        *class_table(profile),
+        "",
+        f"### Box longest side at imgsz {profile.imgsz}",
+        "",
+        f"Bins hold their lower edge: a box of exactly {profile.large_px:g} px is in the "
+        f"{profile.large_px:g}– bin but not counted as over {profile.large_px:g} px.",
+        "",
+        *histogram_table(profile),
+        "",
+    ]
+    if histogram_png:
+        lines += [f"![box longest side]({histogram_png})", ""]
+    if profile.phases:
+        lines += ["### Phases and the stride-32 head", "", *phase_table(profile), ""]
+    lines += ["### Leakage between splits", "", *leak_section(profile)]
+    if with_warnings and profile.warnings:
+        lines += ["### Data warnings", "", *(f"- {md_cell(w.message)}" for w in profile.warnings), ""]
+    return "\n".join(lines)
+
+
+def plot_histogram(profile: DataProfile, out: Path) -> Path | None:
+    """Draw the longest-side histogram per split into a PNG; None when no box was measured.
+
+    Uses matplotlib's object API with the Agg canvas: nothing global (no pyplot, no backend switch).
+    """
+    if not profile.overall.measured_boxes:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    labels = bin_labels(profile.edges_px)
+    positions = np.arange(len(labels))
+    width = 0.8 / max(len(profile.splits), 1)
+    for i, (name, split) in enumerate(profile.splits.items()):
+        ax.bar(positions + (i - (len(profile.splits) - 1) / 2) * width, split.histogram, width, label=name)
+    ax.set_xticks(positions, labels)
+    ax.set_xlabel(f"box longest side (px at imgsz {profile.imgsz})")
+    ax.set_ylabel("boxes")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write_bytes(out, buffer.getvalue())
