@@ -252,7 +252,7 @@ def quiet_tracebacks(*kinds: type[BaseException]) -> Iterator[None]:
     quiet = DropTraceback()
     handlers = [
         h
-        for name in ("prefect", "prefect.flow_runs", "prefect.task_runs")
+        for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
         for h in logging.getLogger(name).handlers
         if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
     ]

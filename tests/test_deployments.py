@@ -808,6 +808,31 @@ def test_progress_artifact_ends_at_100(two_runs):
 
 
 @needs_shared
+@needs_shared
+def test_relative_dataset_trains_through_the_worker(stack, demo_data, tmp_path):
+    """A dataset YAML that says ``path: .``, run by the worker (whose working directory is the checkout, not
+    the dataset): one real tiny training reads the author's images, through the run folder's resolved copy."""
+    root = tmp_path / "relative-data"
+    shutil.copytree(demo_data.parent, root)
+    doc = yaml.safe_load((root / "data.yaml").read_text(encoding="utf-8"))
+    (root / "data.yaml").write_text(yaml.safe_dump({**doc, "path": "."}), encoding="utf-8")
+    runs = tmp_path / "runs"
+    request = {
+        "plan": "benchmarks/plans/one_phase.yaml",
+        "data": str(root / "data.yaml"),
+        "runs_dir": str(runs),
+        "overrides": {"imgsz": 64, "epochs": 1},
+    }
+    run = wait_final(trigger(request).id, stack)
+    assert run.state.is_completed(), f"{run.state}\n{tail(stack.logs / 'worker.log')}"
+    [run_dir] = list(runs.glob("bench-one-phase-*"))
+    copy = yaml.safe_load((run_dir / "dataset.yaml").read_text(encoding="utf-8"))
+    assert (copy["path"], copy["val"]) == (str(root), str(root / "images" / "val"))
+    log = (run_dir / "phases" / "phase1" / "train.log").read_text(encoding="utf-8")
+    assert f"Scanning {root / 'labels' / 'train'}" in log, log[-2000:]
+    assert any("Ultralytics alone" in line and "(missing)" in line for line in read_logs(run.id))
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_ui_shows_a_finished_run(stack, two_runs, tmp_path):
     """Headless Chromium logs in to the server's UI and shows a finished run; the screenshot is kept.

@@ -11,7 +11,7 @@ from flows.engine.config import OptimizeRequest, prepare
 from flows.engine.decisions.gates import evaluate_gate, shortfalls, speedup_of
 from flows.engine.decisions.monitors import check_monitors
 from flows.engine.decisions.walk import pick_best, walk_tree
-from flows.engine.plan.schema import GateNode, Monitor
+from flows.engine.plan.schema import GateNode, Monitor, SearchNode
 from flows.engine.plan.tree import always_before, find_cycle, paths
 from flows.engine.records.results import (
     EpochEvent,
@@ -116,6 +116,44 @@ def test_pick_best_skips_diverged_and_keeps_first_on_ties():
     ]
     assert pick_best(trials, "map50_95").trial == 2
     assert pick_best([result(status="failed")], "map50_95") is None
+
+
+def test_a_search_whose_trials_all_tie_says_so():
+    """Nine trials at mAP50-95 0.0000 (tiny models): no trial is 'the best', and the note says so."""
+    from flows.engine.decisions.walk import all_tie, best_note
+
+    search = SearchNode.model_validate(
+        {
+            "kind": "search",
+            "base": "p",
+            "space": {"lr0": [0.01, 0.02]},
+            "design": {"method": "grid", "max_trials": 2},
+            "trial_epochs": 1,
+            "next": "g",
+        }
+    )
+    tied = [result(trial=i, metrics=ValMetrics(map50_95=0.0)) for i in range(3)]
+    assert all_tie(tied, "map50_95")
+    note = best_note("phase3", search, tied, tied[0], {"lr0": 0.01})
+    assert "all 3 trials tie at map50_95 0.0000" in note and "best trial" not in note
+    spread = [*tied[:2], result(trial=2, metrics=ValMetrics(map50_95=0.1))]
+    assert not all_tie(spread, "map50_95")
+    assert best_note("phase3", search, spread, spread[2], {"lr0": 0.02}).startswith("phase3: best trial 2")
+    assert not all_tie(tied[:1], "map50_95"), "one trial cannot tie"
+    assert not all_tie([tied[0], result(trial=1, status="failed")], "map50_95")
+
+
+def test_figures_that_do_not_exist_read_na_with_the_reason():
+    """The report's phase table and the model card never print None."""
+    from flows.engine.records.registry import model_card
+    from flows.engine.records.report import phase_rows
+
+    cpu = result(node="phase1", status="diverged", diverged=True, batch_used=8, accumulate=2, effective_batch=16)
+    unmeasured = result(node="phase2", images_per_s=None)
+    text = "\n".join(phase_rows([cpu, unmeasured])) + model_card("p", "v1", cpu, [], ["phase1"], "abc")
+    assert "None" not in text
+    assert "n/a (diverged)" in text and "n/a (no GPU)" in text and "n/a (not trained)" in text
+    assert "8×2=16" in text and "n/a (not measured)" in text
 
 
 def test_monitors_warn_from_their_epoch_on():

@@ -38,16 +38,18 @@ def fake_oom_above() -> int | None:
 
 CHILD_KILL_ENV = "FOD_KILL_CHILD"
 """Test fault injection in the training child: ``KEY@EPOCH`` (e.g. ``phase1@1``) makes the child of that
-training SIGKILL itself right after epoch EPOCH (its last.pt is then on disk), as the kernel's
-out-of-memory killer would. ``FOD_KILL_CHILD_TIMES`` (default 1) says how many of its processes die
-that way; the count is kept in the training's run folder, so a retried child knows."""
+training SIGKILL itself right after the first epoch ≥ EPOCH it trains (its last.pt is then on disk), as
+the kernel's out-of-memory killer would. ``FOD_KILL_CHILD_TIMES`` (default 1) says how many of its
+processes die that way; the count is kept in the training's run folder, so a retried child knows."""
 CHILD_KILL_TIMES_ENV = "FOD_KILL_CHILD_TIMES"
 CHILD_KILL_COUNT = ".fault-kills"
 
 
 def child_kill_point(key: str, epoch: int, run_dir: Path) -> None:
-    """SIGKILL this (child) process if ``FOD_KILL_CHILD`` names this training and epoch, up to N times."""
-    if os.environ.get(CHILD_KILL_ENV) != f"{key}@{epoch}":
+    """SIGKILL this (child) process if ``FOD_KILL_CHILD`` names this training and an epoch ≤ this one,
+    up to ``FOD_KILL_CHILD_TIMES`` processes."""
+    target, _, first = os.environ.get(CHILD_KILL_ENV, "").partition("@")
+    if target != key or not first.isdigit() or epoch < int(first):
         return
     counter = Path(run_dir) / CHILD_KILL_COUNT
     done = int(counter.read_text() or 0) if counter.is_file() else 0

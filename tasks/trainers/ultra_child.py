@@ -91,20 +91,24 @@ def redirect_output(log: Path) -> None:
 
 
 def error_of(exc: BaseException) -> Any:
-    """The message a person needs from an exception: its own first line, not the last line printed.
+    """The message a person needs from an exception: the innermost cause's own first line.
 
-    Ultralytics wraps a dataset problem as ``RuntimeError("Dataset 'x' error ❌ Dataset 'x' images
-    not found, missing path '...'\\nNote dataset download directory is ...")``: the first line says
-    what is wrong; the note after it is advice about downloads, which never happen here.
+    Ultralytics wraps a dataset problem twice — ``RuntimeError("Dataset 'x' error ❌ Dataset 'x' images
+    not found, missing path '...'")`` raised from the ``FileNotFoundError`` whose message continues
+    "Note dataset download directory is ..." — so the cause says what is wrong, its first line says
+    it once, and the download note (no download ever happens here) is left for the log.
     """
     from tasks.trainers.messages import ChildError
 
-    text = ANSI.sub("", str(exc)).strip()
+    root = exc
+    while root.__cause__ is not None and str(root.__cause__).strip():
+        root = root.__cause__
+    text = ANSI.sub("", str(root)).strip()
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    message = first or type(exc).__name__
+    message = first or type(root).__name__
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "…"
-    return ChildError(type=type(exc).__name__, message=message, traceback=traceback.format_exc())
+    return ChildError(type=type(root).__name__, message=message, traceback=traceback.format_exc())
 
 
 class Channel:
