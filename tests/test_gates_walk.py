@@ -148,7 +148,9 @@ def test_figures_that_do_not_exist_read_na_with_the_reason():
     from flows.engine.records.registry import model_card
     from flows.engine.records.report import phase_rows
 
-    cpu = result(node="phase1", status="diverged", diverged=True, batch_used=8, accumulate=2, effective_batch=16)
+    cpu = result(
+        node="phase1", status="diverged", diverged=True, batch_used=8, accumulate=2, effective_batch=16
+    )
     unmeasured = result(node="phase2", images_per_s=None)
     text = "\n".join(phase_rows([cpu, unmeasured])) + model_card("p", "v1", cpu, [], ["phase1"], "abc")
     assert "None" not in text
