@@ -137,9 +137,30 @@ def describe_plan(cfg: RunConfig) -> str:
         totals.append(epochs)
         lines.append(f"  {epochs:6d}  {' → '.join(path)}")
     lines.append(f"  best case {min(totals)} epochs, worst case {max(totals)} epochs")
-    for warning in cfg.warnings:
-        lines.append(warning)
+    lines += batch_plan_text(cfg)
+    if cfg.data_profile is not None:
+        from flows.engine.data.profile import render_text
+
+        lines += ["", render_text(cfg.data_profile)]
+    if cfg.warnings:
+        lines += ["", *cfg.warnings]
     return "\n".join(lines)
+
+
+def batch_plan_text(cfg: RunConfig) -> list[str]:
+    """For each phase whose batch is planned on the device: how it will be planned."""
+    from flows.engine.decisions.batch_planner import describe_settings
+
+    lines = []
+    for name, node in cfg.plan.nodes.items():
+        settings = cfg.batch_plan_of(name) if node.kind == "train" else None
+        if settings is not None:
+            fixed = cfg.args_for(name).get("batch", 16)
+            text = describe_settings(
+                settings, fixed_batch=fixed, effective_batch=cfg.effective_batch_of(name)
+            )
+            lines.append(f"  {name}: {text}")
+    return ["", "batch plans:", *lines] if lines else []
 
 
 def describe_condition(cond: Any) -> str:

@@ -20,6 +20,7 @@ from prefect.artifacts import (
 )
 
 from flows.engine.config import RunConfig
+from flows.engine.data.profile import plot_histogram
 from flows.engine.decisions.walk import WalkState
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import write_text_once
@@ -212,6 +213,7 @@ def build_decision(
         baseline_name=cfg.plan.baseline.name,
         baseline_map50_95=cfg.plan.baseline.map50_95,
         data_fingerprint=cfg.data_fingerprint,
+        data_profile=cfg.data_profile,
     )
 
 
@@ -233,7 +235,16 @@ def write_report(cfg: RunConfig, run_dir: Path, decision: Decision) -> Path:
     png = run_dir / "curves.png"
     if not png.exists():
         png = plot_curves([*decision.phases, *decision.trials], png)
-    text = render_report(decision, tree_view(cfg.plan), png.name if png else None, space_keys(cfg))
+    histogram = run_dir / "data_profile.png"
+    if decision.data_profile is not None and not histogram.exists():
+        histogram = plot_histogram(decision.data_profile, histogram)
+    text = render_report(
+        decision,
+        tree_view(cfg.plan),
+        png.name if png else None,
+        space_keys(cfg),
+        histogram.name if histogram and histogram.exists() else None,
+    )
     report = write_text_once(run_dir / "REPORT.md", text)
     create_markdown_artifact(
         key=artifact_key("report", cfg.plan.plan),

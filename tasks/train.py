@@ -25,6 +25,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.engine.config import RunConfig
+from flows.engine.decisions.batch_planner import BatchPlan
 from flows.engine.decisions.monitors import MonitorHit, StopTraining, check_monitors
 from flows.engine.errors import ChildKilled, TrainingError
 from flows.engine.fsutil import atomic_write_text
@@ -148,13 +149,17 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
     trainer = make_trainer(cfg, log=logger.info)
     with gpu_slots_held(spec, cfg, logger.info):
         try:
-            result = train_retrying(trainer, spec, reporter, checkpoint_check(cfg), logger.warning)
+            plan = planned_batch(spec, cfg, logger.info)
+            planned = apply_batch_plan(spec, plan)
+            result = train_retrying(trainer, planned, reporter, checkpoint_check(cfg), logger.warning)
         except TrainingError as exc:
             if spec.on_error != "continue":
                 logger.error(f"{reporter.label}: {exc.message}; the run stops here (fix it, then run again)")
                 raise
             logger.error(f"{reporter.label}: {exc.message}; on_error: continue, so it counts as failed")
             result = failed_result(spec, exc)
+        else:
+            result = result.model_copy(update={"batch_plan": plan}) if plan is not None else result
     save_result(result, spec)
     logger.info(
         f"{reporter.label}: {result.status}, mAP50-95 {result.metrics.map50_95}, "
@@ -175,6 +180,51 @@ def gpu_slots_held(spec: TrainSpec, cfg: RunConfig, log: Callable[[str], None]) 
     log(f"{spec.label}: waiting for {', '.join(slots)}")
     with concurrency(slots, occupy=1):
         yield
+
+
+BATCH_PLAN_FILE = "batch_plan.json"
+"""The batch planner's record in the training's folder: a resumed or retried training reuses it."""
+
+
+def planned_batch(spec: TrainSpec, cfg: RunConfig, log: Callable[[str], None]) -> BatchPlan | None:
+    """Plan the batch on the device the training uses (real trainings with ``batch_plan`` only).
+
+    Measured once per training: the record is kept beside the run's files, so a resumed or retried
+    training trains with the batch it started with. A budget the smallest batch does not fit is an
+    error: the phase must not start.
+    """
+    if spec.batch_plan is None or cfg.replay is not None:
+        return None
+    from flows.engine.decisions.batch_planner import BatchPlan, plan_batch, render_batch_plan
+
+    saved = Path(spec.run_dir) / BATCH_PLAN_FILE
+    if saved.is_file():
+        plan = BatchPlan.model_validate_json(saved.read_text(encoding="utf-8"))
+    else:
+        from tasks.trainers.memory_probe import CudaMemoryProbe
+
+        probe = CudaMemoryProbe.for_spec(spec, spec.batch_plan, device=str(spec.args.get("device", "0")))
+        fixed = spec.args.get("batch")
+        plan = plan_batch(
+            spec.batch_plan,
+            probe,
+            fixed_batch=int(fixed) if isinstance(fixed, int) else 16,
+            effective_batch=spec.effective_batch,
+            where=f"nodes.{spec.node}.batch_plan",
+        )
+        atomic_write_text(saved, plan.model_dump_json(indent=2), overwrite=True)
+    for line in render_batch_plan(plan):
+        log(f"{spec.label}: {line}")
+    if plan.failed:
+        raise TrainingError(spec.key, plan.reason or "the batch planner found no batch under the budget")
+    return plan
+
+
+def apply_batch_plan(spec: TrainSpec, plan: BatchPlan | None) -> TrainSpec:
+    """The spec with the planned batch (accumulation follows from effective_batch, through nbs)."""
+    if plan is None:
+        return spec
+    return spec.model_copy(update={"args": {**spec.args, **plan.train_args()}})
 
 
 def train_retrying(

@@ -16,10 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.engine.data.checks import check_runs_dir, weights_problem
 from flows.engine.data.dataset import ResolvedDataset, inspect_dataset
+from flows.engine.data.profile import DataProfile
+from flows.engine.decisions.batch_planner import BatchPlanSettings
 from flows.engine.plan.loader import load_plan
 from flows.engine.plan.problems import PlanError, Problem, errors_of
 from flows.engine.plan.resolve import inherited, node_args, resolve_path, trial_args
-from flows.engine.plan.schema import Plan, SearchNode, TrainNode
+from flows.engine.plan.schema import GateNode, Plan, SearchNode, TrainNode, VramCheck
 from flows.engine.plan.validate import check_plan
 from flows.engine.records.replay_spec import ReplaySpec, ReplaySpecError, load_replay_spec
 
@@ -57,6 +59,8 @@ class RunConfig(BaseModel):
     plan_dir: Path
     dataset: ResolvedDataset
     """The dataset as its author meant it; trainings read its resolved copy in the run folder."""
+    data_profile: DataProfile | None = None
+    """Images, instances and box sizes per split and class, leakage, plan-sanity checks (before any GPU)."""
     replay: ReplaySpec | None = None
     """The replay SPEC, loaded and checked once; None: real Ultralytics training."""
     warnings: tuple[str, ...] = ()
@@ -99,6 +103,15 @@ class RunConfig(BaseModel):
     def grad_clip_of(self, node: str) -> float | Literal["off"] | None:
         """Gradient-clipping norm of a train node (or a search's base); ``"off"``: no clipping."""
         return inherited(self.plan, base_of(self.plan, node), "grad_clip_norm")
+
+    def batch_plan_of(self, node: str) -> BatchPlanSettings | None:
+        """The batch planner's settings of a train node (or a search's base); None: the fixed batch.
+
+        A profile that forces the batch (the CPU profiles) turns planning off: the batch is given.
+        """
+        if "batch" in self.force:
+            return None
+        return inherited(self.plan, base_of(self.plan, node), "batch_plan")
 
 
 def base_of(plan: Plan, node: str) -> str:
@@ -144,6 +157,64 @@ def check_models(plan: Plan, source: str, plan_dir: Path, force: dict[str, Any])
     return problems
 
 
+def check_batch_plans(plan: Plan, source: str, force: dict[str, Any]) -> list[Problem]:
+    """Planned phases must keep an effective batch and a fixed fallback batch, and every VRAM monitor and
+    gate of the phase must read the budget the planner plans for (one number, one figure)."""
+    from flows.engine.decisions.batch_planner import (
+        MONITOR_FIGURES,
+        VramBound,
+        budget_mismatches,
+        plan_problems,
+    )
+
+    problems: list[Problem] = []
+    for name, node in plan.nodes.items():
+        settings = inherited(plan, name, "batch_plan") if isinstance(node, TrainNode) else None
+        if settings is None:
+            continue
+        where = f"nodes.{name}.batch_plan"
+        searches = [(n, s) for n, s in plan.nodes.items() if isinstance(s, SearchNode) and s.base == name]
+        problems += plan_problems(
+            settings,
+            source=source,
+            where=where,
+            fixed_batch=node_args(plan, name).get("batch"),
+            effective_batch=inherited(plan, name, "effective_batch"),
+            space=(f"nodes.{searches[0][0]}.space", searches[0][1].space) if searches else None,
+            forced=("force", force) if force else None,
+        )
+        bounds = [
+            VramBound(where=f"nodes.{name}.monitors[{i}]", figure=MONITOR_FIGURES[m.figure], max_gb=m.max)
+            for i, m in enumerate(node.monitors)
+            if m.figure in MONITOR_FIGURES and m.max is not None
+        ]
+        judged = {name, *(n for n, _ in searches)}
+        bounds += [
+            VramBound(where=f"nodes.{g}.conditions[{i}]", figure=c.figure, max_gb=c.max_gb)
+            for g, gate in plan.nodes.items()
+            if isinstance(gate, GateNode) and gate.subject in judged
+            for i, c in enumerate(gate.conditions)
+            if isinstance(c, VramCheck)
+        ]
+        problems += [Problem(source, at, text) for at, text in budget_mismatches(settings, bounds, where)]
+    return problems
+
+
+def profile_data(plan: Plan, dataset: ResolvedDataset, plan_dir: Path, force: dict[str, Any]) -> DataProfile:
+    """The dataset's profile at the plan's image size, with each phase's largest stride for the P5 check."""
+    from flows.engine.data.dataset import dataset_images
+    from flows.engine.data.profile import PhaseShape, profile_dataset
+    from fod_models import max_stride, resolve_model
+
+    shapes = []
+    for name, node in plan.nodes.items():
+        if isinstance(node, TrainNode) and (model := inherited(plan, name, "model")) is not None:
+            imgsz = node_args(plan, name, force).get("imgsz", 640)
+            shapes.append(PhaseShape(name, int(imgsz), max_stride(resolve_model(model, base_dir=plan_dir))))
+    imgsz = int({**plan.defaults, **force}.get("imgsz", 640))
+    return profile_dataset(dataset_images(dataset), dataset.names, imgsz=imgsz, phases=shapes)
+
+
 def check_replay(path: Path, plan: Plan) -> tuple[ReplaySpec | None, list[Problem]]:
     """A replay SPEC must parse and cover every node that trains; it is loaded here, once."""
     try:
@@ -162,6 +233,7 @@ class Checked:
     plan: Plan | None = None
     force: dict[str, Any] = field(default_factory=dict)
     dataset: ResolvedDataset | None = None
+    profile: DataProfile | None = None
     replay: ReplaySpec | None = None
     problems: list[Problem] = field(default_factory=list)
 
@@ -181,12 +253,19 @@ def collect_problems(request: OptimizeRequest) -> Checked:
 
         problems += check_plan_args(plan, str(request.plan), force)
         problems += check_models(plan, str(request.plan), request.plan.parent, force)
+        problems += check_batch_plans(plan, str(request.plan), force)
     problems += data_problems + runs_problems
+    profile = None
+    if dataset is not None and not errors_of(problems):
+        from flows.engine.data.profile import warning_problems
+
+        profile = profile_data(plan, dataset, request.plan.parent, force)
+        problems += warning_problems(profile, plan=str(request.plan), data=str(request.data))
     replay = None
     if request.replay is not None:
         replay, replay_problems = check_replay(request.replay, plan)
         problems += replay_problems
-    return Checked(plan=plan, force=force, dataset=dataset, replay=replay, problems=problems)
+    return Checked(plan=plan, force=force, dataset=dataset, profile=profile, replay=replay, problems=problems)
 
 
 def prepare(request: OptimizeRequest) -> RunConfig:
@@ -206,6 +285,7 @@ def prepare(request: OptimizeRequest) -> RunConfig:
         force=checked.force,
         plan_dir=request.plan.resolve().parent,
         dataset=checked.dataset,
+        data_profile=checked.profile,
         replay=checked.replay,
         warnings=(*warnings, *checked.dataset.notes),
     )

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from flows.engine.base import Frozen
 from flows.engine.data.checks import (
     IMAGE_SUFFIXES,
     check_images,
@@ -38,7 +39,6 @@ from flows.engine.data.checks import (
 )
 from flows.engine.fsutil import write_text_once
 from flows.engine.plan.problems import Problem, errors_of
-from flows.engine.records.results import Frozen
 
 SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "val")

@@ -37,10 +37,10 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from flows.engine.base import Frozen
 from flows.engine.data.checks import label_line_problem, label_path, unpatched_open
 from flows.engine.fsutil import atomic_write_bytes
 from flows.engine.plan.problems import Problem
-from flows.engine.records.results import Frozen
 
 SMALL_BOX_PX = 8.0
 """Boxes with a longest side under this (at imgsz) are reported as too small: the plan's debris is

@@ -72,6 +72,7 @@ def spec_for(cfg: RunConfig, run_dir: Path, ref: RunRef, args: dict[str, Any]) -
         run_dir=phase_dir(run_dir, ref),
         monitors=tuple(node.monitors),
         on_error=node.on_error,
+        batch_plan=cfg.batch_plan_of(ref.node),
     )
 
 

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from flows.engine.plan.base import Strict, check_inside, check_path_text, parse_fraction
+from flows.engine.base import Strict, check_inside, check_path_text, parse_fraction
+from flows.engine.decisions.batch_planner import BatchPlanSettings
 
 MetricName = Literal["precision", "recall", "map50", "map50_95"]
 SpeedFigure = Literal["images_per_s"]
@@ -75,6 +76,12 @@ class TrainNode(Strict):
     model: str | None = None
     pretrained: str | None = None
     effective_batch: int | None = Field(default=None, ge=1, le=1024)
+    batch_plan: BatchPlanSettings | None = Field(
+        default=None,
+        description="Plan the batch on the device before the phase trains: the largest under a VRAM "
+        "budget, accumulation keeping effective_batch (docs/VRAM_PLANNER.md); args.batch stays the "
+        "batch used where nothing can be measured.",
+    )
     grad_clip_norm: float | Literal["off"] | None = Field(
         default=None,
         description="Clip the gradient norm at this value; unset: Ultralytics' own 10.0; off: no clipping.",

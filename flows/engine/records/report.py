@@ -120,7 +120,11 @@ def trial_rows(trials: Sequence[PhaseResult], keys: Sequence[str]) -> list[str]:
 
 
 def render_report(
-    decision: Decision, tree: TreeView, curves_png: str | None, space_keys: Sequence[str]
+    decision: Decision,
+    tree: TreeView,
+    curves_png: str | None,
+    space_keys: Sequence[str],
+    histogram_png: str | None = None,
 ) -> str:
     """The whole REPORT.md."""
     verdict = (
@@ -158,9 +162,30 @@ def render_report(
         lines += ["## Incidents (divergence, out of memory, failures)", "", *incidents, ""]
     if decision.trials:
         lines += ["## Search trials", "", *trial_rows(decision.trials, space_keys), ""]
+    if plans := batch_plan_lines([*decision.phases, *decision.trials]):
+        lines += ["## Batch plans (VRAM planner)", "", *plans, ""]
     if curves_png:
         lines += ["## mAP50-95 per epoch", "", f"![mAP50-95 per epoch]({curves_png})", ""]
+    if decision.data_profile is not None:
+        from flows.engine.data.profile import render_markdown
+
+        lines += [
+            "## The data",
+            "",
+            render_markdown(decision.data_profile, histogram_png, with_warnings=False),
+        ]
     return "\n".join(lines)
+
+
+def batch_plan_lines(runs: Sequence[PhaseResult]) -> list[str]:
+    """Each planned training's measurements, fit and choice (or why its fixed batch was used)."""
+    from flows.engine.decisions.batch_planner import render_batch_plan
+
+    lines: list[str] = []
+    for run in runs:
+        if run.batch_plan is not None:
+            lines += [f"**{run.label}**", "", *render_batch_plan(run.batch_plan, markdown=True), ""]
+    return lines
 
 
 def plot_curves(runs: Sequence[PhaseResult], out: Path) -> Path | None:

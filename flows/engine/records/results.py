@@ -12,18 +12,15 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from flows.engine.base import Frozen
+from flows.engine.data.profile import DataProfile
+from flows.engine.decisions.batch_planner import BatchPlan, BatchPlanSettings
 from flows.engine.plan.schema import Monitor
 
 METRIC_NAMES = ("precision", "recall", "map50", "map50_95")
 """Validation metrics a gate may read; always of the final validation of best.pt."""
-
-
-class Frozen(BaseModel):
-    """Base for immutable, strict records."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 Role = Literal["phase", "trial", "full"]
@@ -186,6 +183,8 @@ class PhaseResult(RunRef):
     results_csv: Path | None = None
     args: dict[str, object] = Field(default_factory=dict)
     """The training arguments actually passed to Ultralytics."""
+    batch_plan: BatchPlan | None = None
+    """How the batch was planned on the device (measurements, fit, choice), or why the fixed one was used."""
 
     @property
     def completed(self) -> bool:
@@ -220,6 +219,8 @@ class TrainSpec(RunRef):
     """Per-epoch checks of the node (a search's apply to its trials and full run); ``stop`` ones end it."""
     on_error: Literal["stop", "continue"] = "stop"
     """What an error in this training does: stop the walk (default), or count as a ``failed`` outcome."""
+    batch_plan: BatchPlanSettings | None = None
+    """Plan the batch on the device before training (``args.batch`` is the fallback without a GPU)."""
 
     @property
     def epochs(self) -> int:
@@ -287,3 +288,5 @@ class Decision(Frozen):
     baseline_name: str | None = None
     baseline_map50_95: float | None = None
     data_fingerprint: str | None = None
+    data_profile: DataProfile | None = None
+    """The dataset's profile (images, instances, box sizes, leakage) the run was validated with."""

@@ -1,7 +1,8 @@
-"""The plan schema's building blocks: the strict base model and the readers of paths and fractions.
+"""The engine's building blocks: the strict base models and the readers of paths and fractions.
 
-Kept apart from ``schema.py`` so that settings models of their own modules (search, pruning, batch
-planning) can build on them without importing the whole plan.
+Kept apart so that any module — settings of the search or the batch planner, records of the data
+profile or the evaluation — can build on them without importing the plan or the results (and so
+without import cycles).
 """
 
 from __future__ import annotations
@@ -80,3 +81,9 @@ def parse_fraction(value: Any, *, what: str, upper: float | None = 1.0) -> float
             f"write {number / 100:g} (or the string '{number:g}%')"
         )
     return number
+
+
+class Frozen(BaseModel):
+    """Base for immutable, strict records (results, events, profiles): unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
