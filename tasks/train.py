@@ -30,7 +30,7 @@ from flows.engine.decisions.monitors import MonitorHit, StopTraining, check_moni
 from flows.engine.errors import ChildKilled, TrainingError
 from flows.engine.fsutil import atomic_write_text
 from flows.engine.records.journal import code_version
-from flows.engine.records.results import EpochEvent, PhaseResult, TrainSpec
+from flows.engine.records.results import EarlyDecision, EpochEvent, PhaseResult, TrainSpec
 
 
 class Trainer(Protocol):
@@ -86,9 +86,12 @@ class EpochReporter:
     """Receives every epoch: logs it, moves the progress bar, raises monitor warnings once each."""
 
     def __init__(self, spec: TrainSpec):
+        from flows.engine.decisions.early import tracker_for
+
         self.spec = spec
         self.monitors = spec.monitors
         self.label = spec.label
+        self.early = tracker_for(spec.early, earlier_events(spec)) if spec.early is not None else None
         self.logger = get_run_logger()
         self.warned: set[str] = set()
         self.shown = 0.0
@@ -101,6 +104,14 @@ class EpochReporter:
         self.move_progress(100.0 * event.record.epoch / max(event.epochs_planned, 1))
         for hit in check_monitors(self.monitors, event):
             self.raise_hit(hit)
+        if self.early is not None and (decision := self.early.observe(event)) is not None:
+            self.logger.warning(f"{self.label}: {decision.reason}")
+            raise StopTraining(decision.reason)
+
+    @property
+    def early_decision(self) -> EarlyDecision | None:
+        """The early decision that stopped the training, if one did."""
+        return self.early.decision if self.early is not None else None
 
     def move_progress(self, percent: float) -> None:
         """Update the UI's progress bar in steps of 5 % (a 300-epoch phase need not make 300 API calls)."""
@@ -115,6 +126,19 @@ class EpochReporter:
             self.logger.warning(hit.message(self.label))
         if hit.monitor.action == "stop":
             raise StopTraining(hit.message(self.label))
+
+
+def earlier_events(spec: TrainSpec) -> list[EpochEvent]:
+    """Epochs trained before a resume, from the run's results.csv, as events (metrics only): an early
+    decision's metric bound needs every epoch from the first."""
+    if spec.resume_from is None:
+        return []
+    from tasks.trainers.ultra import earlier_epochs
+
+    return [
+        EpochEvent(**spec.ref().model_dump(), epochs_planned=spec.epochs, record=r)
+        for r in earlier_epochs(spec)
+    ]
 
 
 def gpu_slots(spec: TrainSpec) -> list[str]:
@@ -159,7 +183,8 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
             logger.error(f"{reporter.label}: {exc.message}; on_error: continue, so it counts as failed")
             result = failed_result(spec, exc)
         else:
-            result = result.model_copy(update={"batch_plan": plan}) if plan is not None else result
+            found = {"batch_plan": plan, "early_decision": reporter.early_decision}
+            result = result.model_copy(update={k: v for k, v in found.items() if v is not None})
     save_result(result, spec)
     logger.info(
         f"{reporter.label}: {result.status}, mAP50-95 {result.metrics.map50_95}, "

@@ -37,12 +37,12 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import yaml
 from pydantic import Field
 
+from flows.engine.base import Frozen
 from flows.engine.decisions.gates import fmt
 from flows.engine.decisions.monitors import StopTraining
 from flows.engine.plan.schema import (
@@ -57,7 +57,14 @@ from flows.engine.plan.schema import (
     TrainNode,
     VramCheck,
 )
-from flows.engine.records.results import ConditionRow, EpochEvent, EpochRecord, Frozen, PhaseResult
+from flows.engine.records.results import (
+    ConditionRow,
+    EarlyCheck,
+    EarlyDecision,
+    EarlyRule,
+    EpochEvent,
+    EpochRecord,
+)
 from flows.engine.records.results_csv import best_epoch, epoch_durations, read_results_csv
 
 DEFAULT_CLOSE_MOSAIC = 10
@@ -73,8 +80,6 @@ SAFE_RESERVES: dict[str, float] = {"map50_95": 1.25, "recall": 1.25, "map50": 1.
 curve out, a scale fitted on 17 curves covered the 18th up to a factor of 1.005 (mAP50-95), 1.008
 (recall) and 1.47 (mAP50, curve 17). Precision has no safe rule: its figure at the best-fitness epoch
 jumps with the confidence threshold (curve 27 needs 4.2 times the scale the other 17 need)."""
-
-EarlyCheck = Literal["metric", "speedup", "vram"]
 
 
 class BoundShape(Frozen):
@@ -128,30 +133,6 @@ def rule_for(policy: EarlyPolicy, metric: MetricName) -> MetricRule | None:
     if policy == "aggressive":
         return MetricRule(scale=FITTED_SCALES[metric], min_fraction=AGGRESSIVE_MIN_FRACTION)
     return None
-
-
-class EarlyDecision(Frozen):
-    """A condition of the judging gate found lost while its subject trains: why the phase was stopped."""
-
-    gate: str | None = None
-    subject: str
-    policy: EarlyPolicy
-    check: EarlyCheck
-    condition: str
-    """The condition as the gate table names it (``map50_95``, ``speed-up vs phase1 (images_per_s)``...)."""
-    epoch: int
-    epochs_planned: int
-    observed: float
-    """The figure so far: best so far (metric), speed-up so far, peak so far (VRAM)."""
-    bound: float
-    """The most the figure can still reach (metric), or the least it will end at (VRAM: the peak so far;
-    speed-up: observed plus the plan's tolerance)."""
-    threshold: float
-    epochs_saved: int
-    seconds_per_epoch: float | None = None
-    seconds_saved: float | None = None
-    gpu_hours_saved: float | None = None
-    reason: str
 
 
 class RecordedCurve(Frozen):
@@ -307,13 +288,14 @@ def held_out_ratios(curves: Sequence[RecordedCurve], rule: MetricRule) -> dict[s
 # ----------------------------------------------------------------------------- the conditions
 
 
-def speedup_so_far(history: Sequence[EpochEvent], reference: PhaseResult | None, after: int) -> float | None:
+def speedup_so_far(history: Sequence[EpochEvent], reference: float | None, after: int) -> float | None:
     """The speed-up measured so far (median images/s after the first measured epoch, as PhaseResult has
-    it, over the reference's), once ``after`` epochs past the warm-up one are measured; else None."""
+    it, over the reference phase's images/s), once ``after`` epochs past the warm-up one are measured;
+    else None."""
     speeds = [e.images_per_s for e in history if e.images_per_s is not None and e.images_per_s > 0]
-    if reference is None or not reference.images_per_s or len(speeds) < after + 1:
+    if not reference or len(speeds) < after + 1:
         return None
-    return statistics.median(speeds[1:]) / reference.images_per_s - 1.0
+    return statistics.median(speeds[1:]) / reference - 1.0
 
 
 def vram_peak_so_far(history: Sequence[EpochEvent], figure: str) -> float | None:
@@ -344,7 +326,7 @@ def decide(
     gate: GateNode,
     history: Sequence[EpochEvent],
     epochs_planned: int,
-    reference: Mapping[str, PhaseResult],
+    reference: Mapping[str, float | None],
     *,
     close_mosaic: int = DEFAULT_CLOSE_MOSAIC,
     gate_name: str | None = None,
@@ -352,10 +334,10 @@ def decide(
 ) -> EarlyDecision | None:
     """The first condition of ``gate`` that the epochs so far have already lost, or None.
 
-    ``history``: the subject's events from epoch 1 on; ``reference``: finished results by node (for
-    speed-up conditions); ``close_mosaic``: the run's Ultralytics argument; ``rules``: metric → rule
-    in place of the policy's (the benchmark's held-out checks). Settled conditions (VRAM) are looked
-    at first, then speed-up, then metrics.
+    ``history``: the subject's events from epoch 1 on; ``reference``: images/s of finished phases by
+    node (for speed-up conditions; ``reference_speeds`` builds it from results); ``close_mosaic``: the
+    run's Ultralytics argument; ``rules``: metric → rule in place of the policy's (the benchmark's
+    held-out checks). Settled conditions (VRAM) are looked at first, then speed-up, then metrics.
     """
     settings = gate.early
     if settings.policy == "off" or not history or history[-1].record.epoch >= epochs_planned:
@@ -391,7 +373,7 @@ def vram_lost(cond: VramCheck, history: Sequence[EpochEvent]) -> Lost | None:
 def speedup_lost(
     cond: SpeedupCheck,
     history: Sequence[EpochEvent],
-    reference: Mapping[str, PhaseResult],
+    reference: Mapping[str, float | None],
     settings: EarlyDecisions,
 ) -> Lost | None:
     """Lost when the stable speed-up is below the minimum by more than the plan's tolerance."""
@@ -501,6 +483,26 @@ def judging_gate(plan: Plan, node: str) -> tuple[str, GateNode] | None:
     return None
 
 
+def reference_speeds(gate: GateNode, results: Mapping[str, object]) -> dict[str, float | None]:
+    """Images/s of the phases the gate's speed-up conditions compare with (finished results by node)."""
+    return {
+        cond.vs: getattr(results.get(cond.vs), "images_per_s", None)
+        for cond in gate.conditions
+        if isinstance(cond, SpeedupCheck)
+    }
+
+
+def tracker_for(check: EarlyRule, history: Iterable[EpochEvent] = ()) -> EarlyTracker:
+    """The tracker a training's ``on_epoch`` feeds, from what its spec carries."""
+    return EarlyTracker(
+        check.gate,
+        check.reference_images_per_s,
+        gate_name=check.gate_name,
+        close_mosaic=check.close_mosaic,
+        history=history,
+    )
+
+
 class EarlyTracker:
     """Fed one epoch at a time from ``on_epoch``: raises ``StopTraining`` once the gate is lost.
 
@@ -511,7 +513,7 @@ class EarlyTracker:
     def __init__(
         self,
         gate: GateNode,
-        reference: Mapping[str, PhaseResult],
+        reference: Mapping[str, float | None],
         *,
         gate_name: str | None = None,
         close_mosaic: int = DEFAULT_CLOSE_MOSAIC,

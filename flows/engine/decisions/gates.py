@@ -120,6 +120,11 @@ def evaluate_gate(
                 note=note,
             )
         )
+    decided = subject.early_decision
+    if decided is not None and decided.gate == name:
+        from flows.engine.decisions.early import decision_row
+
+        rows.append(decision_row(decided))
     ok = all(r.passed for r in rows)
     return GateResult(
         node=name,

@@ -6,17 +6,18 @@ flow, plain calls in tests), so this walk is the same code whatever runs the pha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from flows.engine.config import RunConfig
 from flows.engine.data.dataset import DATASET_COPY
+from flows.engine.decisions.early import judging_gate, reference_speeds
 from flows.engine.decisions.gates import evaluate_gate
 from flows.engine.plan.sampling import describe_design, sample_trials
 from flows.engine.plan.schema import GateNode, SearchNode, TrainNode
-from flows.engine.records.results import GateResult, PhaseResult, RunRef, TrainSpec
+from flows.engine.records.results import EarlyRule, GateResult, PhaseResult, RunRef, TrainSpec
 
 
 class Executor(Protocol):
@@ -56,8 +57,36 @@ def phase_dir(run_dir: Path, ref: RunRef) -> Path:
     return run_dir / "phases" / ref.key
 
 
-def spec_for(cfg: RunConfig, run_dir: Path, ref: RunRef, args: dict[str, Any]) -> TrainSpec:
-    """A training's spec: the node's model, weights and stoppers, these arguments, the run's dataset copy."""
+def early_rule(
+    cfg: RunConfig, ref: RunRef, args: dict[str, Any], results: Mapping[str, PhaseResult]
+) -> EarlyRule | None:
+    """What may stop a phase or a search's full run early: the gate that judges it, when its policy is on.
+
+    Trials are not judged by a gate (the search's pruner decides for them).
+    """
+    judging = judging_gate(cfg.plan, ref.node) if ref.role != "trial" else None
+    if judging is None or judging[1].early.policy == "off":
+        return None
+    name, gate = judging
+    return EarlyRule(
+        gate_name=name,
+        gate=gate,
+        reference_images_per_s=reference_speeds(gate, results),
+        close_mosaic=int(args.get("close_mosaic", 10) or 0),
+    )
+
+
+def spec_for(
+    cfg: RunConfig,
+    run_dir: Path,
+    ref: RunRef,
+    args: dict[str, Any],
+    results: Mapping[str, PhaseResult] | None = None,
+) -> TrainSpec:
+    """A training's spec: the node's model, weights and stoppers, these arguments, the run's dataset copy.
+
+    ``results``: what trained before it (the references of an early decision's speed-up conditions).
+    """
     node = cfg.plan.nodes[ref.node]
     assert isinstance(node, TrainNode | SearchNode)
     return TrainSpec(
@@ -73,21 +102,29 @@ def spec_for(cfg: RunConfig, run_dir: Path, ref: RunRef, args: dict[str, Any]) -
         monitors=tuple(node.monitors),
         on_error=node.on_error,
         batch_plan=cfg.batch_plan_of(ref.node),
+        early=early_rule(cfg, ref, args, results or {}),
     )
 
 
-def train_spec(cfg: RunConfig, run_dir: Path, node: str) -> TrainSpec:
+def train_spec(
+    cfg: RunConfig, run_dir: Path, node: str, results: Mapping[str, PhaseResult] | None = None
+) -> TrainSpec:
     """The spec of a train node."""
-    return spec_for(cfg, run_dir, RunRef(node=node), cfg.args_for(node))
+    return spec_for(cfg, run_dir, RunRef(node=node), cfg.args_for(node), results)
 
 
 def search_spec(
-    cfg: RunConfig, run_dir: Path, node: str, point: dict[str, Any], trial: int | None
+    cfg: RunConfig,
+    run_dir: Path,
+    node: str,
+    point: dict[str, Any],
+    trial: int | None,
+    results: Mapping[str, PhaseResult] | None = None,
 ) -> TrainSpec:
     """The spec of a search trial (``trial`` set) or of the full run of the best point (``trial`` None)."""
     full = trial is None
     ref = RunRef(node=node, role="full") if full else RunRef(node=node, role="trial", trial=trial)
-    return spec_for(cfg, run_dir, ref, cfg.trial_args_for(node, point, full=full))
+    return spec_for(cfg, run_dir, ref, cfg.trial_args_for(node, point, full=full), results)
 
 
 def score(result: PhaseResult, metric: str) -> float | None:
@@ -144,14 +181,14 @@ def run_search(
         return PhaseResult(node=name, role="full", status="failed", reason="no trial produced a score")
     point = points[best.trial or 0]
     state.notes.append(best_note(name, node, trials, best, point))
-    return ex.train(search_spec(cfg, run_dir, name, point, None))
+    return ex.train(search_spec(cfg, run_dir, name, point, None, state.results))
 
 
 def step(cfg: RunConfig, run_dir: Path, name: str, ex: Executor, state: WalkState) -> str | None:
     """Run one node; return the next node's name, or None at a terminal."""
     node = cfg.plan.nodes[name]
     if isinstance(node, TrainNode):
-        state.results[name] = ex.train(train_spec(cfg, run_dir, name))
+        state.results[name] = ex.train(train_spec(cfg, run_dir, name, state.results))
         return node.next
     if isinstance(node, SearchNode):
         state.results[name] = run_search(cfg, run_dir, name, node, ex, state)

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from flows.engine.base import Frozen
 from flows.engine.data.profile import DataProfile
 from flows.engine.decisions.batch_planner import BatchPlan, BatchPlanSettings
-from flows.engine.plan.schema import Monitor
+from flows.engine.plan.schema import EarlyPolicy, GateNode, Monitor
 
 METRIC_NAMES = ("precision", "recall", "map50", "map50_95")
 """Validation metrics a gate may read; always of the final validation of best.pt."""
@@ -185,6 +185,8 @@ class PhaseResult(RunRef):
     """The training arguments actually passed to Ultralytics."""
     batch_plan: BatchPlan | None = None
     """How the batch was planned on the device (measurements, fit, choice), or why the fixed one was used."""
+    early_decision: EarlyDecision | None = None
+    """Why the training was stopped before its planned epochs: its gate could no longer pass."""
 
     @property
     def completed(self) -> bool:
@@ -221,11 +223,51 @@ class TrainSpec(RunRef):
     """What an error in this training does: stop the walk (default), or count as a ``failed`` outcome."""
     batch_plan: BatchPlanSettings | None = None
     """Plan the batch on the device before training (``args.batch`` is the fallback without a GPU)."""
+    early: EarlyRule | None = None
+    """Stop the training once the gate that will judge it can no longer pass (phases and full runs)."""
 
     @property
     def epochs(self) -> int:
         """Epochs planned for this run."""
         return int(self.args.get("epochs", 100))  # type: ignore[call-overload]
+
+
+EarlyCheck = Literal["metric", "speedup", "vram"]
+
+
+class EarlyDecision(Frozen):
+    """A condition of the judging gate found lost while its subject trains: why the phase was stopped."""
+
+    gate: str | None = None
+    subject: str
+    policy: EarlyPolicy
+    check: EarlyCheck
+    condition: str
+    """The condition as the gate table names it (``map50_95``, ``speed-up vs phase1 (images_per_s)``...)."""
+    epoch: int
+    epochs_planned: int
+    observed: float
+    """The figure so far: best so far (metric), speed-up so far, peak so far (VRAM)."""
+    bound: float
+    """The most the figure can still reach (metric), or the least it will end at (VRAM: the peak so far;
+    speed-up: observed plus the plan's tolerance)."""
+    threshold: float
+    epochs_saved: int
+    seconds_per_epoch: float | None = None
+    seconds_saved: float | None = None
+    gpu_hours_saved: float | None = None
+    reason: str
+
+
+class EarlyRule(Frozen):
+    """What a training needs to be stopped early: the gate that will judge it, and what that gate compares
+    with (images/s of the reference phases of its speed-up conditions, finished before it starts)."""
+
+    gate_name: str
+    gate: GateNode
+    reference_images_per_s: dict[str, float | None] = Field(default_factory=dict)
+    close_mosaic: int = 10
+    """The run's Ultralytics ``close_mosaic``: the last epochs train without mosaic (and often lift)."""
 
 
 Verdict = Literal["pass", "fail", "unknown"]
