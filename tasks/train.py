@@ -91,7 +91,8 @@ class EpochReporter:
         self.spec = spec
         self.monitors = spec.monitors
         self.label = spec.label
-        self.early = tracker_for(spec.early, earlier_events(spec)) if spec.early is not None else None
+        self.events = EventLog(Path(spec.run_dir) / EVENTS_FILE, keep=spec.resume_from is not None)
+        self.early = tracker_for(spec.early, self.events.read()) if spec.early is not None else None
         self.logger = get_run_logger()
         self.warned: set[str] = set()
         self.shown = 0.0
@@ -100,6 +101,7 @@ class EpochReporter:
         )
 
     def __call__(self, event: EpochEvent) -> None:
+        self.events.append(event)
         self.logger.info(epoch_line(self.label, event))
         self.move_progress(100.0 * event.record.epoch / max(event.epochs_planned, 1))
         for hit in check_monitors(self.monitors, event):
@@ -128,17 +130,37 @@ class EpochReporter:
             raise StopTraining(hit.message(self.label))
 
 
-def earlier_events(spec: TrainSpec) -> list[EpochEvent]:
-    """Epochs trained before a resume, from the run's results.csv, as events (metrics only): an early
-    decision's metric bound needs every epoch from the first."""
-    if spec.resume_from is None:
-        return []
-    from tasks.trainers.ultra import earlier_epochs
+EVENTS_FILE = "epochs.jsonl"
+"""Every epoch event of a training, one JSON line each, in its folder: a resumed (or retried) training
+starts its early decision from the epochs it trained before, so it decides as an uninterrupted one."""
 
-    return [
-        EpochEvent(**spec.ref().model_dump(), epochs_planned=spec.epochs, record=r)
-        for r in earlier_epochs(spec)
-    ]
+
+class EventLog:
+    """The training's epoch events on disk (append-only; a torn last line is ignored)."""
+
+    def __init__(self, path: Path, *, keep: bool) -> None:
+        self.path = path
+        if not keep and path.exists():
+            path.unlink()  # a training that starts over starts a new history
+
+    def append(self, event: EpochEvent) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(event.model_dump_json() + "\n")
+
+    def read(self) -> list[EpochEvent]:
+        """The events so far, the last one of each epoch (a retrained epoch replaces its old record)."""
+        if not self.path.is_file():
+            return []
+        events: dict[int, EpochEvent] = {}
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                event = EpochEvent.model_validate_json(line)
+            except ValueError:
+                break
+            events = {e: v for e, v in events.items() if e < event.record.epoch}
+            events[event.record.epoch] = event
+        return [events[e] for e in sorted(events)]
 
 
 def gpu_slots(spec: TrainSpec) -> list[str]:

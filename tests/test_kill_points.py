@@ -134,7 +134,7 @@ def assert_files_sound(run_dir: Path) -> None:
 
 
 REPLAY_POINTS = [
-    ("deploy_phase3", "epoch:phase1:37"),  # during a train node
+    ("deploy_phase3", "epoch:phase1:20"),  # during a train node, before its early decision (epoch 30)
     ("deploy_phase3", "journal:phase1"),  # between a node and its journal line
     ("deploy_phase3", "journal:gate:gate1"),  # between a gate and its journal line
     ("deploy_phase3", "epoch:phase3:12"),  # during a search trial (each trial replays 20 epochs)
@@ -143,7 +143,7 @@ REPLAY_POINTS = [
     ("deploy_phase3", "deploy"),  # halfway through a deploy
     ("deploy_phase3", "journal:terminal"),  # after the deploy, before its journal line
     ("deploy_phase3", "report"),  # after REPORT.md, before decision.json
-    ("keep_baseline", "epoch:phase2:80"),  # during Phase 2 on the keep-baseline branch
+    ("keep_baseline", "epoch:phase2:2"),  # Phase 2 on the keep-baseline branch, before its early stop at 3
 ]
 
 

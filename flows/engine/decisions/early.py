@@ -529,7 +529,11 @@ class EarlyTracker:
         self.decision: EarlyDecision | None = None
 
     def observe(self, event: EpochEvent) -> EarlyDecision | None:
-        """Add the epoch; return the decision when the gate can no longer pass (the same one afterwards)."""
+        """Add the epoch; return the decision when the gate can no longer pass (the same one afterwards).
+
+        An epoch trained again (after a resume from an earlier checkpoint) replaces its old record and
+        every later one."""
+        self.history = [e for e in self.history if e.record.epoch < event.record.epoch]
         self.history.append(event)
         if self.decision is None:
             self.decision = decide(
