@@ -20,6 +20,7 @@ import yaml
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
 from flows.engine.data.dataset import describe_dataset
 from flows.engine.errors import EXIT_RUN_ERROR, TrainingError
+from flows.engine.plan.cost import NodeSpeed, branch_costs, describe_costs, speeds_from_runs
 from flows.engine.plan.problems import EXIT_BAD_INPUT, PlanError
 from flows.engine.plan.resolve import planned_epochs
 from flows.engine.plan.schema import GateNode
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="validate, print the tree, gates and planned epochs; train nothing",
+    )
+    p.add_argument(
+        "--probe-speed",
+        action="store_true",
+        help="with --dry-run: train a few iterations of each phase on the data and device and give "
+        "GPU-hours per branch (without it, the speeds of an earlier run of this plan are used, if any)",
     )
     p.add_argument(
         "--replay",
@@ -119,7 +126,47 @@ def request_from(args: argparse.Namespace) -> OptimizeRequest:
     )
 
 
-def describe_plan(cfg: RunConfig) -> str:
+def earlier_run_speeds(cfg: RunConfig) -> dict[str, NodeSpeed]:
+    """Seconds per epoch by node from the newest finished run of this plan in the runs folder, if any."""
+    finished = sorted(
+        Path(cfg.request.runs_dir).glob(f"{cfg.plan.plan}-*/decision.json"),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for path in finished:
+        try:
+            decision = Decision.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        speeds = speeds_from_runs([*decision.phases, *decision.trials], f"earlier run {decision.run_id}")
+        if speeds:
+            return speeds
+    return {}
+
+
+def probed_speeds(cfg: RunConfig) -> dict[str, NodeSpeed]:
+    """Seconds per epoch by node, measured now by training a few iterations of each (``--probe-speed``),
+    in a temporary run folder with the dataset's resolved copy, as a run would train."""
+    import tempfile
+
+    from flows.engine.data.dataset import write_dataset_copy
+    from flows.engine.decisions.walk import search_spec, train_spec
+    from tasks.trainers.speed_probe import probe_speeds
+
+    with tempfile.TemporaryDirectory(prefix="fod-speed-probe-") as tmp:
+        run_dir = Path(tmp)
+        write_dataset_copy(cfg.dataset, run_dir)
+        specs = {
+            name: train_spec(cfg, run_dir, name)
+            if node.kind == "train"
+            else search_spec(cfg, run_dir, name, {}, None)
+            for name, node in cfg.plan.nodes.items()
+            if node.kind in ("train", "search")
+        }
+        return probe_speeds(specs, cfg.dataset.splits["train"].images)
+
+
+def describe_plan(cfg: RunConfig, speeds: dict[str, NodeSpeed] | None = None) -> str:
     """What --dry-run prints: tree, gate rules, planned epochs per branch."""
     plan = cfg.plan
     lines = [f"plan {plan.plan} ({cfg.request.plan}), profile {cfg.request.profile}", ""]
@@ -137,6 +184,8 @@ def describe_plan(cfg: RunConfig) -> str:
         totals.append(epochs)
         lines.append(f"  {epochs:6d}  {' → '.join(path)}")
     lines.append(f"  best case {min(totals)} epochs, worst case {max(totals)} epochs")
+    speeds = earlier_run_speeds(cfg) if speeds is None else speeds
+    lines += ["", *describe_costs(branch_costs(cfg.plan, cfg.force, speeds), speeds)]
     lines += batch_plan_text(cfg)
     if cfg.data_profile is not None:
         from flows.engine.data.profile import render_text
@@ -206,7 +255,7 @@ def run_cli(argv: list[str] | None = None) -> int:
             print(problem.line(), file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        print(describe_plan(cfg))
+        print(describe_plan(cfg, probed_speeds(cfg) if args.probe_speed else None))
         return 0
     started = time.monotonic()
     try:
