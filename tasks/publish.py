@@ -28,7 +28,7 @@ from flows.engine.plan.resolve import planned_epochs
 from flows.engine.plan.schema import Plan, SearchNode
 from flows.engine.plan.tree import successors, tree_view
 from flows.engine.records.registry import baseline_record, deploy
-from flows.engine.records.report import plot_curves, render_report
+from flows.engine.records.report import plot_curves, plot_sizes, render_report
 from flows.engine.records.results import Decision, GateResult
 
 
@@ -238,12 +238,16 @@ def write_report(cfg: RunConfig, run_dir: Path, decision: Decision) -> Path:
     histogram = run_dir / "data_profile.png"
     if decision.data_profile is not None and not histogram.exists():
         histogram = plot_histogram(decision.data_profile, histogram)
+    sizes = run_dir / "sizes.png"
+    if not sizes.exists():
+        sizes = plot_sizes(decision.phases, sizes)
     text = render_report(
         decision,
         tree_view(cfg.plan),
         png.name if png else None,
         space_keys(cfg),
         histogram.name if histogram and histogram.exists() else None,
+        sizes.name if sizes else None,
     )
     report = write_text_once(run_dir / "REPORT.md", text)
     create_markdown_artifact(

@@ -343,6 +343,13 @@ CASES: list[Case] = [
     Case("registry absolute", plan_set("registry", "/etc/models"), ("registry: ", "not absolute")),
     Case("profile registry escapes", lambda c: (c.plan_doc(lambda d: set_in(d, "profiles.smoke.registry", "../shared")), c.extra.extend(["--profile", "smoke"])), ("profiles.smoke.registry", "leaves the runs folder")),
     Case("unknown profile", lambda c: (c.plan_doc(), c.extra.extend(["--profile", "tiny"])), ("profiles: no profile 'tiny' (known: demo, smoke)",)),
+    # --- evaluation by object size, gates on a bucket or a class, the VRAM planner
+    Case("size buckets overlap", plan_set("evaluation", {"buckets": [{"name": "small", "max_px": 32}, {"name": "big", "min_px": 16}]}), ("evaluation.buckets", "overlap")),
+    Case("size buckets leave a gap", plan_set("evaluation", {"buckets": [{"name": "small", "max_px": 16}, {"name": "big", "min_px": 32}]}), ("evaluation.buckets", "gap")),
+    Case("gate reads an unknown bucket", plan_set("nodes.gate1.conditions", [{"check": "metric", "metric": "map50_95", "min": 0.5, "bucket": "tiny"}]), ("nodes.gate1.conditions[0].bucket", "unknown bucket 'tiny'")),
+    Case("gate reads an unknown class", plan_set("nodes.gate1.conditions", [{"check": "metric", "metric": "map50_95", "min": 0.5, "class": "rivet"}]), ("nodes.gate1.conditions[0].class", "unknown class 'rivet'")),
+    Case("batch plan budget in MiB", plan_set("nodes.phase1.batch_plan", {"budget_gb": 18432}), ("nodes.phase1.batch_plan.budget_gb", "looks like MiB")),
+    Case("batch plan budget not what the monitor reads", plan_set("nodes.phase1.batch_plan", {"budget_gb": 16, "figure": "nvml_peak"}), ("nodes.phase1.monitors[0]", "differs from")),
     # --- files the plan names
     Case("model file missing", plan_set("nodes.phase2.model", "yolo11m-p3-nope.yaml"), ("nodes.phase2.model", "yolo11m-p3-nope.yaml")),
     Case("model path too long", plan_set("nodes.phase1.model", "m" * 300 + ".yaml"), ("nodes.phase1.model", "too long")),

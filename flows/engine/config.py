@@ -21,7 +21,7 @@ from flows.engine.decisions.batch_planner import BatchPlanSettings
 from flows.engine.plan.loader import load_plan
 from flows.engine.plan.problems import PlanError, Problem, errors_of
 from flows.engine.plan.resolve import inherited, node_args, resolve_path, trial_args
-from flows.engine.plan.schema import GateNode, Plan, SearchNode, TrainNode, VramCheck
+from flows.engine.plan.schema import GateNode, MetricCheck, Plan, SearchNode, TrainNode, VramCheck
 from flows.engine.plan.validate import check_plan
 from flows.engine.records.replay_spec import ReplaySpec, ReplaySpecError, load_replay_spec
 
@@ -200,6 +200,29 @@ def check_batch_plans(plan: Plan, source: str, force: dict[str, Any]) -> list[Pr
     return problems
 
 
+def check_evaluation(plan: Plan, source: str, dataset: ResolvedDataset | None) -> list[Problem]:
+    """Size buckets that overlap or leave gaps, and gates that read an unknown bucket or class."""
+    from flows.engine.metrics.buckets import bucket_problems, reference_problems
+
+    problems = bucket_problems(plan.evaluation, source=source)
+    names = dataset.names if dataset is not None else None
+    for name, node in plan.nodes.items():
+        if not isinstance(node, GateNode):
+            continue
+        for i, cond in enumerate(node.conditions):
+            if isinstance(cond, MetricCheck):
+                problems += reference_problems(
+                    metric=cond.metric,
+                    bucket=cond.bucket,
+                    class_ref=cond.class_,
+                    settings=plan.evaluation,
+                    names=names,
+                    source=source,
+                    where=f"nodes.{name}.conditions[{i}]",
+                )
+    return problems
+
+
 def profile_data(plan: Plan, dataset: ResolvedDataset, plan_dir: Path, force: dict[str, Any]) -> DataProfile:
     """The dataset's profile at the plan's image size, with each phase's largest stride for the P5 check."""
     from flows.engine.data.dataset import dataset_images
@@ -254,6 +277,7 @@ def collect_problems(request: OptimizeRequest) -> Checked:
         problems += check_plan_args(plan, str(request.plan), force)
         problems += check_models(plan, str(request.plan), request.plan.parent, force)
         problems += check_batch_plans(plan, str(request.plan), force)
+        problems += check_evaluation(plan, str(request.plan), dataset)
     problems += data_problems + runs_problems
     profile = None
     if dataset is not None and not errors_of(problems):

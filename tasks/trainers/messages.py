@@ -17,7 +17,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from flows.engine.records.results import Frozen, OomEvent, ValMetrics
+from flows.engine.base import Frozen
+from flows.engine.metrics.evaluation import Evaluation
+from flows.engine.records.results import OomEvent, ValMetrics
 
 
 class ChildResult(Frozen):
@@ -44,6 +46,8 @@ class ChildResult(Frozen):
     gpu_name: str | None = None
     args: dict[str, object] = Field(default_factory=dict)
     """The keyword arguments given to ``YOLO.train``."""
+    evaluation: Evaluation | None = None
+    """best.pt evaluated again by object size and class (None: not asked for, or it failed)."""
 
 
 class ChildError(Frozen):

@@ -219,6 +219,7 @@ def build_result(
         weights=weights,
         results_csv=results_csv,
         args={**spec.args, "nbs": batch["nbs"]},
+        evaluation=entry.evaluation,
     )
 
 

@@ -251,6 +251,7 @@ def build_result(spec: TrainSpec, outcome: Outcome, *, exitcode: int | None, wal
         nvml_peak_used_gb=result.nvml_peak_used_gb,
         gpu_name=result.gpu_name,
         args=result.args,
+        evaluation=result.evaluation,
     )
 
 

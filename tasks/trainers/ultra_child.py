@@ -494,7 +494,41 @@ def train(spec: Any, device: str | None, channel: Channel) -> Any:
             raise
     finally:
         peak = sampler.stop() if sampler is not None else None
-    return child_result(model.trainer, session, args, status, reason, peak)  # type: ignore[union-attr]
+    trainer = model.trainer  # type: ignore[union-attr]
+    evaluation = evaluate_best(trainer, spec, args) if status == "completed" else None
+    return child_result(trainer, session, args, status, reason, peak, evaluation)
+
+
+def evaluate_best(trainer: Any, spec: Any, args: dict[str, Any]) -> dict[str, Any] | None:
+    """best.pt evaluated again by object size and class, with bootstrap intervals (``spec.evaluation``).
+
+    Runs after the final validation, on the same data, image size and validation batch, so its overall
+    figures are the final validation's. A failure here costs the extra figures, not the training: it is
+    logged (in train.log) and the result has no evaluation.
+    """
+    if spec.evaluation is None or not getattr(trainer, "final_validated", False):
+        return None
+    from ultralytics.utils import LOGGER
+
+    from tasks.trainers.evaluate import evaluate
+
+    try:
+        loader = getattr(trainer, "test_loader", None)
+        evaluation = evaluate(
+            Path(trainer.best),
+            Path(spec.data),
+            imgsz=int(trainer.args.imgsz),
+            device=args.get("device"),
+            settings=spec.evaluation,
+            batch=int(loader.batch_size) if loader is not None else None,
+            workers=int(trainer.args.workers),
+            save_dir=Path(trainer.save_dir) / "evaluation",
+        )
+    except Exception as exc:
+        traceback.print_exc()
+        LOGGER.warning(f"the evaluation by object size failed ({type(exc).__name__}: {exc}); see train.log")
+        return None
+    return evaluation.model_dump(mode="json")
 
 
 def _cuda_device(device: object) -> bool:
@@ -506,7 +540,13 @@ def _cuda_device(device: object) -> bool:
 
 
 def child_result(
-    trainer: Any, session: Session, args: dict, status: str, reason: str | None, nvml_peak: float | None
+    trainer: Any,
+    session: Session,
+    args: dict,
+    status: str,
+    reason: str | None,
+    nvml_peak: float | None,
+    evaluation: dict[str, Any] | None = None,
 ) -> Any:
     """Everything the parent turns into a PhaseResult, as the typed ``ChildResult``."""
     from flows.engine.records.results import ValMetrics
@@ -537,6 +577,7 @@ def child_result(
         nvml_peak_used_gb=nvml_peak,
         gpu_name=_gpu_name(session),
         args=recorded_args,
+        evaluation=evaluation,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from flows.engine.metrics.bootstrap import Interval
 from flows.engine.plan.schema import Condition, FlagCheck, GateNode, MetricCheck, SpeedupCheck, VramCheck
 from flows.engine.records.results import ConditionRow, GateResult, PhaseResult, Verdict
 
@@ -47,13 +48,60 @@ def vram_of(result: PhaseResult, figure: str) -> float | None:
     return max(known) if known else None
 
 
-def evaluate_condition(
+def metric_figure(cond: MetricCheck, subject: PhaseResult) -> tuple[str, float | None, Interval | None]:
+    """(label, value, interval) a metric condition reads: Ultralytics' overall figure (and its bootstrap
+    interval), or the COCO evaluator's figure for a size bucket and/or class."""
+    from flows.engine.metrics.evaluation import condition_name
+
+    evaluation = subject.evaluation
+    if cond.bucket is None and cond.class_ is None:
+        interval = evaluation.interval(cond.metric) if evaluation is not None else None
+        return cond.metric, subject.metrics.get(cond.metric), interval
+    class_id = (
+        evaluation.sizes.class_id(cond.class_)
+        if evaluation and evaluation.sizes and cond.class_ is not None
+        else None
+    )
+    class_name = str(cond.class_) if cond.class_ is not None else None
+    label = condition_name(cond.metric, cond.bucket, class_name)
+    if evaluation is None:
+        return label, None, None
+    return (
+        label,
+        evaluation.figure(cond.metric, cond.bucket, class_id),
+        evaluation.interval(cond.metric, cond.bucket, class_id),
+    )
+
+
+Evaluated = tuple[str, str, str, Verdict, str, bool]
+"""(condition, observed, threshold, verdict, note, marginal) of one condition."""
+
+
+def judge_metric(cond: MetricCheck, subject: PhaseResult) -> Evaluated:
+    """A metric condition: observed with its interval, the verdict (on the figure or its lower bound),
+    and whether the threshold lies inside the interval (marginal, whatever the policy)."""
+    from flows.engine.metrics.evaluation import judge_minimum
+    from flows.engine.metrics.render import with_interval
+
+    label, value, interval = metric_figure(cond, subject)
+    judged = judge_minimum(value, interval, cond.min, cond.require)
+    observed = "unknown" if value is None else with_interval(value, interval)
+    threshold = f"≥ {cond.min:.4f}" + (" (lower bound)" if cond.require == "lower_bound" else "")
+    return label, observed, threshold, judged.verdict, judged.note, judged.marginal
+
+
+def evaluate_condition(cond: Condition, subject: PhaseResult, others: Mapping[str, PhaseResult]) -> Evaluated:
+    """(condition, observed, threshold, verdict, note, marginal) for one condition; only a metric can be
+    marginal (it alone has an interval)."""
+    if isinstance(cond, MetricCheck):
+        return judge_metric(cond, subject)
+    return (*other_condition(cond, subject, others), False)
+
+
+def other_condition(
     cond: Condition, subject: PhaseResult, others: Mapping[str, PhaseResult]
 ) -> tuple[str, str, str, Verdict, str]:
-    """(condition, observed, threshold, verdict, note) for one condition."""
-    if isinstance(cond, MetricCheck):
-        value = subject.metrics.get(cond.metric)
-        return (cond.metric, fmt(value), f"≥ {cond.min:.4f}", compare(value, minimum=cond.min), "")
+    """(condition, observed, threshold, verdict, note) of a speed-up, VRAM or flag condition."""
     if isinstance(cond, SpeedupCheck):
         reference = others.get(cond.vs)
         value = speedup_of(subject, reference)
@@ -105,7 +153,7 @@ def evaluate_gate(
         return GateResult(node=name, subject=gate.subject, rows=(row,), outcome="fail", next=gate.on_fail)
     rows = []
     for cond in gate.conditions:
-        label, observed, threshold, verdict, note = evaluate_condition(cond, subject, others)
+        label, observed, threshold, verdict, note, marginal = evaluate_condition(cond, subject, others)
         policy = cond.on_unknown or gate.on_unknown
         passed = verdict == "pass" or (verdict == "unknown" and policy == "pass")
         if verdict == "unknown":
@@ -118,6 +166,7 @@ def evaluate_gate(
                 verdict=verdict,
                 passed=passed,
                 note=note,
+                marginal=marginal,
             )
         )
     decided = subject.early_decision

@@ -103,6 +103,7 @@ def spec_for(
         on_error=node.on_error,
         batch_plan=cfg.batch_plan_of(ref.node),
         early=early_rule(cfg, ref, args, results or {}),
+        evaluation=cfg.plan.evaluation if cfg.plan.evaluation.enabled else None,
     )
 
 

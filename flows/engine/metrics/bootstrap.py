@@ -23,8 +23,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from flows.engine.base import Frozen
 from flows.engine.metrics.ap import (
     AP_X,
     CONF_X,
@@ -40,10 +41,10 @@ GATED = ("precision", "recall", "map50", "map50_95")
 """The overall figures a gate reads (Ultralytics'), in ``Summary`` order."""
 
 
-class Record(BaseModel):
+class Record(Frozen):
     """Base of records that cross process boundaries: strict, immutable, finite numbers only."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False)
 
 
 class Interval(Record):

@@ -20,8 +20,9 @@ from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from flows.engine.base import Frozen, parse_fraction
 from flows.engine.plan.problems import Problem
 
 Measure = Literal["longest_side", "area"]
@@ -32,10 +33,11 @@ BUCKET_METRICS = ("map50_95", "map50", "recall")
 """Figures reported per bucket and per class (COCO has no single precision per size)."""
 
 
-class Settings(BaseModel):
-    """Base of plan-side models: unknown keys are errors, values are finite, nothing changes after load."""
+class Settings(Frozen):
+    """Base of plan-side models: unknown keys are errors, values are finite, nothing changes after load
+    (the settings travel to the training child inside the run's spec)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False)
 
 
 class SizeBucket(Settings):
@@ -132,16 +134,9 @@ class EvaluationSettings(Settings):
 
     @field_validator("confidence", mode="before")
     @classmethod
-    def _level(cls, value: Any) -> Any:
+    def _level(cls, value: Any) -> float:
         """Accept ``"95%"`` as well as 0.95; refuse a bare 95 with the fraction to write."""
-        if isinstance(value, str) and value.strip().endswith("%"):
-            try:
-                return float(value.strip()[:-1]) / 100.0
-            except ValueError:
-                raise ValueError(f"cannot read {value!r} as a percentage") from None
-        if isinstance(value, int | float) and not isinstance(value, bool) and 1 < value < 100:
-            raise ValueError(f"confidence = {value!r} looks like a percentage: write {value / 100:g}")
-        return value
+        return parse_fraction(value, what="evaluation.confidence")
 
     def bucket(self, name: str) -> SizeBucket | None:
         """The bucket called ``name``, or None."""
@@ -150,13 +145,6 @@ class EvaluationSettings(Settings):
     def bucket_names(self) -> tuple[str, ...]:
         """Names in plan order."""
         return tuple(b.name for b in self.buckets)
-
-
-def size_of(width: float, height: float, measure: Measure) -> float:
-    """An object's size in pixels in the bucket's measure: the longest side, or √(w×h) for COCO areas."""
-    if measure == "longest_side":
-        return max(width, height)
-    return math.sqrt(max(width, 0.0) * max(height, 0.0))
 
 
 def bucket_problems(settings: EvaluationSettings, *, source: str, where: str = "evaluation") -> list[Problem]:

@@ -4,11 +4,11 @@ Why this exists next to a maintained evaluator: the figures per bucket and per c
 faster-coco-eval's (``sizes.py``). Their confidence intervals need COCO's per-image results (which
 detection matched, which is ignored, at each IoU threshold and size range) to resample images, and
 faster-coco-eval keeps those inside opaque C++ objects; its own accumulation, re-run on resampled
-lists of them, costs 0.6–1 s per resample at 3,000 images (measured; docs/EVALUATION.md), i.e. 10–16
-minutes for 1,000 resamples. So the matching (``evaluateImg``) and the accumulation (``accumulate``)
-of pycocotools are rewritten here for bounding boxes, and ``sizes.py`` checks, on every evaluation,
-that this code reproduces the evaluator's figures on the observed set before it reports any interval
-(the tests check it on real and synthetic sets too).
+lists of them, costs 0.2–0.7 s per resample at 3,000 images (measured, docs/EVALUATION.md), i.e. 3–12
+minutes for 1,000 resamples. So the matching (``evaluateImg``) and the accumulation (``accumulate``) of
+pycocotools are rewritten here for bounding boxes, and ``sizes.py`` checks, on every evaluation, that
+this code reproduces the evaluator's figures on the observed set before it reports any interval (the
+tests check it on real and synthetic sets too).
 
 Rules reproduced (pycocotools ``COCOeval``, bbox, no crowd boxes):
 

@@ -15,12 +15,13 @@ from flows.engine.metrics.bootstrap import Interval
 from flows.engine.metrics.evaluation import Evaluation
 from flows.engine.metrics.sizes import BucketMetrics, SizeReport
 
-DASH = "–"
+NO_OBJECTS = "n/a (no objects)"
+"""A bucket or class with no validation object has no figure: it reads so, never as a dash or None."""
 
 
-def fmt(value: float | None) -> str:
-    """A figure with 4 decimals, or a dash."""
-    return DASH if value is None or not math.isfinite(value) else f"{value:.4f}"
+def fmt(value: float | None, missing: str = NO_OBJECTS) -> str:
+    """A figure with 4 decimals, or ``n/a`` with the reason."""
+    return missing if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
 def interval_text(interval: Interval | None) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from flows.engine.base import Strict, check_inside, check_path_text, parse_fraction
 from flows.engine.decisions.batch_planner import BatchPlanSettings
+from flows.engine.metrics.buckets import EvaluationSettings
 
 MetricName = Literal["precision", "recall", "map50", "map50_95"]
 SpeedFigure = Literal["images_per_s"]
@@ -170,11 +171,25 @@ class SearchNode(Strict):
 
 
 class MetricCheck(Strict):
-    """A validation metric of the subject's best.pt must reach a minimum."""
+    """A validation metric of the subject's best.pt must reach a minimum.
+
+    Overall, the figure is Ultralytics' own (the final validation); with ``bucket`` and/or ``class`` it is
+    the COCO evaluator's figure for objects of that size and/or class (docs/EVALUATION.md). ``require:
+    lower_bound`` asks the figure's bootstrap interval (at ``evaluation.confidence``) to clear ``min``.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, populate_by_name=True
+    )
 
     check: Literal["metric"]
     metric: MetricName
     min: float
+    bucket: str | None = Field(
+        default=None, description="A size bucket of the plan's evaluation (e.g. lt16)."
+    )
+    class_: str | int | None = Field(default=None, alias="class", description="A class by name or id.")
+    require: Literal["observed", "lower_bound"] = "observed"
     on_unknown: UnknownPolicy | None = None
 
     @field_validator("min", mode="before")
@@ -313,6 +328,11 @@ class Plan(Strict):
     defaults: dict[str, Any] = Field(default_factory=dict)
     start: str
     nodes: dict[Annotated[str, Field(pattern=NODE_NAME)], Node]
+    evaluation: EvaluationSettings = Field(
+        default_factory=EvaluationSettings,
+        description="After each training, best.pt evaluated again by object size and class, with bootstrap "
+        "intervals for every gated figure (docs/EVALUATION.md).",
+    )
     profiles: dict[str, Profile] = Field(default_factory=dict)
 
     @field_validator("registry")

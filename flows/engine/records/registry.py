@@ -55,6 +55,10 @@ def model_card(
     ]
     for gate in gates:
         lines += gate_table(gate)
+    if phase.evaluation is not None:
+        from flows.engine.metrics.render import model_card_lines
+
+        lines += model_card_lines(phase.evaluation)
     lines += [
         "## Training arguments",
         "",

@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
 )
 
+from flows.engine.metrics.evaluation import Evaluation, load_evaluation
 from flows.engine.records.results_csv import RecordError, read_results_csv
 
 UNION_TAGS = ("run", "search", "one", "list")
@@ -59,6 +60,21 @@ class RunEntry(BaseModel):
     batch_used: int | None = Field(default=None, ge=1)
     scale_map: float | None = Field(default=None, gt=0)
     offset_map50_95: float | None = Field(default=None, ge=-1, le=1)
+    evaluation: Evaluation | None = None
+    """An evaluation by object size and class to report for the run: the path (relative to the SPEC) of a
+    JSON written by ``python -m tasks.trainers.evaluate … --json``; read once, with the SPEC."""
+
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _load_evaluation(cls, value: object, info: ValidationInfo) -> object:
+        """A path is read now (an already loaded evaluation, e.g. when the config is re-validated, stays)."""
+        if not isinstance(value, str | Path):
+            return value
+        path = (Path((info.context or {}).get("base_dir", Path.cwd())) / value).resolve()
+        try:
+            return load_evaluation(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not an evaluation JSON ({exc})") from exc
 
     @field_validator("csv")
     @classmethod

@@ -125,6 +125,7 @@ def render_report(
     curves_png: str | None,
     space_keys: Sequence[str],
     histogram_png: str | None = None,
+    sizes_png: str | None = None,
 ) -> str:
     """The whole REPORT.md."""
     verdict = (
@@ -136,7 +137,7 @@ def render_report(
     lines = [
         f"# {decision.plan}: run {decision.run_id}",
         "",
-        f"{verdict}; terminal `{decision.terminal}`; profile `{decision.profile}`; "
+        f"{verdict}; terminal `{decision.terminal}`; profile `{decision.profile or 'none'}`; "
         f"dataset fingerprint `{decision.data_fingerprint}`.",
         "",
         f"Path taken: {' → '.join(decision.path)}",
@@ -162,6 +163,14 @@ def render_report(
         lines += ["## Incidents (divergence, out of memory, failures)", "", *incidents, ""]
     if decision.trials:
         lines += ["## Search trials", "", *trial_rows(decision.trials, space_keys), ""]
+    if evaluated := [p for p in decision.phases if p.evaluation is not None]:
+        from flows.engine.metrics.render import evaluation_section
+
+        lines += ["## Accuracy by object size and class", ""]
+        if sizes_png:
+            lines += [f"![mAP50-95 by object size]({sizes_png})", ""]
+        for phase in evaluated:
+            lines += evaluation_section(phase.label, phase.evaluation)
     if plans := batch_plan_lines([*decision.phases, *decision.trials]):
         lines += ["## Batch plans (VRAM planner)", "", *plans, ""]
     if curves_png:
@@ -175,6 +184,14 @@ def render_report(
             render_markdown(decision.data_profile, histogram_png, with_warnings=False),
         ]
     return "\n".join(lines)
+
+
+def plot_sizes(phases: Sequence[PhaseResult], out: Path) -> Path | None:
+    """mAP50-95 per size bucket, one bar per phase (intervals as error bars); None when nothing to draw."""
+    from flows.engine.metrics.render import plot_size_buckets
+
+    runs = [(p.label, p.evaluation.sizes) for p in phases if p.evaluation is not None and p.evaluation.sizes]
+    return plot_size_buckets(runs, out) if runs else None
 
 
 def batch_plan_lines(runs: Sequence[PhaseResult]) -> list[str]:

@@ -17,6 +17,8 @@ from pydantic import Field, model_validator
 from flows.engine.base import Frozen
 from flows.engine.data.profile import DataProfile
 from flows.engine.decisions.batch_planner import BatchPlan, BatchPlanSettings
+from flows.engine.metrics.buckets import EvaluationSettings
+from flows.engine.metrics.evaluation import Evaluation
 from flows.engine.plan.schema import EarlyPolicy, GateNode, Monitor
 
 METRIC_NAMES = ("precision", "recall", "map50", "map50_95")
@@ -187,6 +189,8 @@ class PhaseResult(RunRef):
     """How the batch was planned on the device (measurements, fit, choice), or why the fixed one was used."""
     early_decision: EarlyDecision | None = None
     """Why the training was stopped before its planned epochs: its gate could no longer pass."""
+    evaluation: Evaluation | None = None
+    """best.pt evaluated again: figures by object size and class, bootstrap intervals of the gated figures."""
 
     @property
     def completed(self) -> bool:
@@ -225,6 +229,8 @@ class TrainSpec(RunRef):
     """Plan the batch on the device before training (``args.batch`` is the fallback without a GPU)."""
     early: EarlyRule | None = None
     """Stop the training once the gate that will judge it can no longer pass (phases and full runs)."""
+    evaluation: EvaluationSettings | None = None
+    """After training, evaluate best.pt again by object size and class, with intervals (None: do not)."""
 
     @property
     def epochs(self) -> int:
@@ -283,6 +289,8 @@ class ConditionRow(Frozen):
     passed: bool
     """Verdict after the gate's policy for unknown figures."""
     note: str = ""
+    marginal: bool = False
+    """The threshold lies inside the figure's confidence interval: another validation set could flip it."""
 
 
 class GateResult(Frozen):

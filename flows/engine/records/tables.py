@@ -6,7 +6,7 @@ One rule everywhere: a figure that does not exist reads ``n/a (reason)`` — ``n
 
 from __future__ import annotations
 
-from flows.engine.records.results import GateResult, PhaseResult
+from flows.engine.records.results import ConditionRow, GateResult, PhaseResult
 
 
 def fmt4(value: float | None, reason: str = "not measured") -> str:
@@ -54,6 +54,14 @@ def gate_table(gate: GateResult) -> list[str]:
         "",
         "| condition | observed | threshold | verdict | note |",
         "|---|---|---|---|---|",
-        *(f"| {r.condition} | {r.observed} | {r.threshold} | {r.verdict} | {r.note} |" for r in gate.rows),
+        *(
+            f"| {r.condition} | {r.observed} | {r.threshold} | {verdict_text(r)} | {r.note} |"
+            for r in gate.rows
+        ),
         "",
     ]
+
+
+def verdict_text(row: ConditionRow) -> str:
+    """The verdict, flagged when the threshold lies inside the figure's interval (a close call)."""
+    return f"{row.verdict} ⚠ marginal" if row.marginal else row.verdict

@@ -1,0 +1,248 @@
+"""The extra evaluation of a trained best.pt: Ultralytics' validation once more, kept image by image.
+
+Called in the training child right after the final validation, and usable on its own on any best.pt
+(``python -m tasks.trainers.evaluate best.pt data.yaml --imgsz 640``). One Ultralytics validation run
+(``DetectionValidator``, the class the trainer uses, so the same matching and figures) with a subclass
+that keeps what the stock validator throws away:
+
+- per image: ``tp`` (predictions × 10 IoU thresholds), ``conf``, ``pred_cls`` and ``target_cls``, in
+  the validator's image order → Ultralytics' figures recomputed in numpy and bootstrapped over images;
+- the exported predictions (``pred_to_json``: boxes in pixels of the original image), paired with the
+  image file → COCO figures per size bucket and class (faster-coco-eval), bootstrapped on the same
+  resamples.
+
+Ultralytics' own COCO evaluation of the export (``eval_json``, area-based small/medium/large only) is
+skipped: the plan's buckets replace it. Nothing heavy is imported at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MATCH_TOLERANCE = 1e-9
+
+
+def capturing_validator_class() -> type:
+    """A ``DetectionValidator`` that keeps the per-image match statistics and the exported predictions."""
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    class CapturingValidator(DetectionValidator):
+        def init_metrics(self, model: Any) -> None:
+            super().init_metrics(model)
+            self.kept_files: list[str] = []
+            self.kept_predictions: list[tuple[str, dict]] = []
+            self.kept_stats: dict[str, list] | None = None
+
+        def update_metrics(self, preds: list, batch: dict) -> None:
+            super().update_metrics(preds, batch)  # appends one stats entry per image, in this order
+            self.kept_files.extend(batch["im_file"][: len(preds)])
+
+        def pred_to_json(self, predn: dict, pbatch: dict) -> None:
+            first = len(self.jdict)
+            super().pred_to_json(predn, pbatch)
+            self.kept_predictions.extend((pbatch["im_file"], entry) for entry in self.jdict[first:])
+
+        def get_stats(self) -> dict:
+            self.kept_stats = {k: list(v) for k, v in self.metrics.stats.items()}  # cleared by super()
+            return super().get_stats()
+
+        def eval_json(self, stats: dict) -> dict:
+            return stats  # the plan's size buckets are evaluated by the engine instead
+
+    return CapturingValidator
+
+
+def validation_args(
+    model: Any, data: Path, imgsz: int, device: str | None, options: dict[str, Any], save_dir: Path
+) -> dict[str, Any]:
+    """``YOLO.val``'s argument layering (checkpoint → rect → ours → mode), with exports switched on."""
+    args = {**model.overrides, "rect": True}
+    args.update(
+        data=str(data),
+        imgsz=imgsz,
+        save_json=True,
+        plots=False,
+        verbose=False,
+        project=str(save_dir.parent),
+        name=save_dir.name,
+        exist_ok=True,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+    if device is not None:
+        args["device"] = device
+    args["mode"] = "val"
+    return args
+
+
+def match_stats_of(validator: Any) -> Any:
+    """The validator's per-image statistics as ``MatchStats`` (images in validation order)."""
+    from flows.engine.metrics.bootstrap import MatchStats
+
+    stats = validator.kept_stats or {}
+    keys = ("tp", "conf", "pred_cls", "target_cls")
+    images = [
+        dict(zip(keys, row, strict=True)) for row in zip(*(stats.get(k, []) for k in keys), strict=True)
+    ]
+    return MatchStats.from_images(images, n_thresholds=int(validator.niou))
+
+
+def prediction_records(validator: Any) -> list[tuple[str, int, list[float], float]]:
+    """(image file, class, xywh px, score) of every exported prediction."""
+    to_class = {cat: i for i, cat in enumerate(validator.class_map)}
+    return [
+        (file, to_class[e["category_id"]], e["bbox"], e["score"]) for file, e in validator.kept_predictions
+    ]
+
+
+def evaluate(
+    weights: Path,
+    data: Path,
+    *,
+    imgsz: int,
+    device: str | None = None,
+    settings: Any = None,
+    batch: int | None = None,
+    quantize: int | None = None,
+    conf: float | None = None,
+    iou: float | None = None,
+    max_det: int | None = None,
+    workers: int | None = 0,
+    split: str = "val",
+    save_dir: Path | None = None,
+) -> Any:
+    """Validate ``weights`` once on ``data``'s ``split`` and return the ``Evaluation`` (figures + intervals).
+
+    ``settings`` is the plan's ``EvaluationSettings`` (default: FOD buckets, 95 %, 1000 resamples,
+    seed 0). Use the final validation's ``batch`` (twice the training batch) to get exactly its figures;
+    ``quantize`` is Ultralytics' precision argument (None: fp32, as the trainer's final validation). With
+    ``save_dir`` the validator's folder (``predictions.json``) is kept there; without, it is removed.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: nothing may be downloaded
+    from ultralytics import YOLO
+
+    from flows.engine.metrics.bootstrap import bootstrap_intervals
+    from flows.engine.metrics.buckets import EvaluationSettings
+    from flows.engine.metrics.evaluation import Evaluation, OverallFigures
+    from flows.engine.metrics.sizes import evaluate_sizes, predictions_from_records, read_ground_truth
+
+    settings = settings if settings is not None else EvaluationSettings()
+    keep = save_dir is not None
+    # absolute: Ultralytics puts a relative project under its own runs folder
+    folder = Path(save_dir).resolve() if keep else Path(tempfile.mkdtemp(prefix="fod-eval-")) / "val"
+    seconds: dict[str, float] = {}
+    try:
+        started = time.perf_counter()
+        model = YOLO(str(weights))
+        options = {
+            "batch": batch,
+            "quantize": quantize,
+            "conf": conf,
+            "iou": iou,
+            "max_det": max_det,
+            "workers": workers,
+            "split": split,
+        }
+        validator = capturing_validator_class()(
+            args=validation_args(model, data, imgsz, device, options, folder), _callbacks=model.callbacks
+        )
+        validator(model=model.model)
+        seconds["validate"] = time.perf_counter() - started
+        stats = match_stats_of(validator)
+        summary = stats.summary()
+        note = agreement_note(summary, validator.metrics.box.mean_results())
+        started = time.perf_counter()
+        intervals = bootstrap_intervals(
+            stats, resamples=settings.resamples, seed=settings.seed, level=settings.confidence
+        )
+        seconds["bootstrap"] = time.perf_counter() - started
+        sizes = None
+        if settings.enabled:
+            started = time.perf_counter()
+            gt = read_ground_truth(validator.kept_files, validator.names)
+            predictions = predictions_from_records(gt, prediction_records(validator))
+            sizes = evaluate_sizes(gt, predictions, settings, max_det=int(validator.args.max_det))
+            seconds["sizes"] = time.perf_counter() - started
+        exported = folder / "predictions.json"
+        return Evaluation(
+            weights=str(weights),
+            data=str(data),
+            split=split,
+            imgsz=int(imgsz),
+            images=stats.n_images,
+            settings=settings,
+            overall=OverallFigures(**{k: finite(v) for k, v in summary._asdict().items()}),
+            intervals=intervals,
+            sizes=sizes,
+            predictions_json=str(exported) if keep and exported.is_file() else None,
+            seconds=seconds,
+            note=note,
+        )
+    finally:
+        if not keep:
+            shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def agreement_note(ours: Any, theirs: Any) -> str:
+    """Empty when the numpy figures equal the validator's own; otherwise what differs (never expected)."""
+    names = ("precision", "recall", "map50", "map50_95")
+    gaps = [
+        f"{n} {a:.6f} vs Ultralytics {float(b):.6f}"
+        for n, a, b in zip(names, ours, theirs, strict=True)
+        if not math.isclose(a, float(b), rel_tol=0, abs_tol=MATCH_TOLERANCE)
+    ]
+    return "recomputed figures differ from the validator's: " + "; ".join(gaps) if gaps else ""
+
+
+def finite(value: float) -> float | None:
+    """A float, or None when not finite."""
+    return float(value) if math.isfinite(value) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate one best.pt and print the report section; ``--json`` writes the Evaluation."""
+    from flows.engine.metrics.buckets import EvaluationSettings
+    from flows.engine.metrics.render import evaluation_section
+
+    parser = argparse.ArgumentParser(description="Accuracy by object size and class, with intervals")
+    parser.add_argument("weights", type=Path)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--preset", choices=("fod", "coco"), default="fod")
+    parser.add_argument("--save-dir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    ns = parser.parse_args(argv)
+    settings = EvaluationSettings(
+        preset=ns.preset, resamples=ns.resamples, seed=ns.seed, confidence=ns.confidence
+    )
+    result = evaluate(
+        ns.weights,
+        ns.data,
+        imgsz=ns.imgsz,
+        device=ns.device,
+        batch=ns.batch,
+        settings=settings,
+        save_dir=ns.save_dir,
+    )
+    print("\n".join(evaluation_section(str(ns.weights), result)))
+    if ns.json is not None:
+        from flows.engine.fsutil import atomic_write_text
+
+        atomic_write_text(ns.json, result.model_dump_json(indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
