@@ -632,7 +632,7 @@ def test_tables_and_chart(tmp_path):
     cell = report.bucket("lt16")
     assert with_interval(cell.map50_95, cell.map50_95_ci) in table[3]
     assert len(class_table(report)) == 2 + 3
-    assert with_interval(None, None) == "–"
+    assert with_interval(None, None) == "n/a (no objects)", "a missing figure says why, never a dash"
     out = plot_size_buckets([("phase1", report), ("phase2", report)], tmp_path / "sizes.png")
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     evaluation = Evaluation(weights="w", data="d", imgsz=64, images=40, sizes=report)
