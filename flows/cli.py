@@ -180,7 +180,7 @@ def describe_plan(cfg: RunConfig, speeds: dict[str, NodeSpeed] | None = None) ->
     lines += ["", "planned epochs per branch:"]
     totals = []
     for path in paths(plan):
-        epochs = sum(planned_epochs(plan, n, cfg.force)[0] for n in path)
+        epochs = sum(planned_epochs(plan, n, cfg.force)[1] for n in path)
         totals.append(epochs)
         lines.append(f"  {epochs:6d}  {' → '.join(path)}")
     lines.append(f"  best case {min(totals)} epochs, worst case {max(totals)} epochs")

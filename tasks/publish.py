@@ -207,6 +207,7 @@ def build_decision(
         gates=tuple(state.gates),
         phases=tuple(state.results.values()),
         trials=tuple(state.trials),
+        search_trials=tuple(state.search_trials),
         warnings=(*cfg.warnings, *state.notes),
         deployed_model=deployed[0],
         deployed_from=deployed[1],

@@ -26,7 +26,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.engine.config import RunConfig
 from flows.engine.decisions.batch_planner import BatchPlan
-from flows.engine.decisions.monitors import MonitorHit, StopTraining, check_monitors
+from flows.engine.decisions.stoppers import Stoppers
 from flows.engine.errors import ChildKilled, TrainingError
 from flows.engine.fsutil import atomic_write_text
 from flows.engine.records.journal import code_version
@@ -83,18 +83,15 @@ PROGRESS_STEP = 5.0
 
 
 class EpochReporter:
-    """Receives every epoch: logs it, moves the progress bar, raises monitor warnings once each."""
+    """Receives every epoch: keeps it, logs it, moves the progress bar, then lets the spec's stoppers
+    (trial pruner, monitors, early gate decision) say whether to stop."""
 
     def __init__(self, spec: TrainSpec):
-        from flows.engine.decisions.early import tracker_for
-
         self.spec = spec
-        self.monitors = spec.monitors
         self.label = spec.label
         self.events = EventLog(Path(spec.run_dir) / EVENTS_FILE, keep=spec.resume_from is not None)
-        self.early = tracker_for(spec.early, self.events.read()) if spec.early is not None else None
         self.logger = get_run_logger()
-        self.warned: set[str] = set()
+        self.stoppers = Stoppers(spec, self.events.read(), warn=self.logger.warning, inform=self.logger.info)
         self.shown = 0.0
         self.progress_id = create_progress_artifact(
             progress=0.0, description=f"{self.spec.plan}: epochs of {self.label}"
@@ -104,30 +101,18 @@ class EpochReporter:
         self.events.append(event)
         self.logger.info(epoch_line(self.label, event))
         self.move_progress(100.0 * event.record.epoch / max(event.epochs_planned, 1))
-        for hit in check_monitors(self.monitors, event):
-            self.raise_hit(hit)
-        if self.early is not None and (decision := self.early.observe(event)) is not None:
-            self.logger.warning(f"{self.label}: {decision.reason}")
-            raise StopTraining(decision.reason)
+        self.stoppers(event)
 
     @property
     def early_decision(self) -> EarlyDecision | None:
         """The early decision that stopped the training, if one did."""
-        return self.early.decision if self.early is not None else None
+        return self.stoppers.early_decision
 
     def move_progress(self, percent: float) -> None:
         """Update the UI's progress bar in steps of 5 % (a 300-epoch phase need not make 300 API calls)."""
         if percent - self.shown >= PROGRESS_STEP or percent >= 100.0:
             update_progress_artifact(self.progress_id, progress=percent)
             self.shown = percent
-
-    def raise_hit(self, hit: MonitorHit) -> None:
-        """Warn once per monitor; a 'stop' monitor ends the phase."""
-        if hit.monitor.name not in self.warned:
-            self.warned.add(hit.monitor.name)
-            self.logger.warning(hit.message(self.label))
-        if hit.monitor.action == "stop":
-            raise StopTraining(hit.message(self.label))
 
 
 EVENTS_FILE = "epochs.jsonl"

@@ -45,7 +45,7 @@ def test_dry_run_on_shipped_plan_and_golfball(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "fail: phase2 (train phase2)" in out.stdout
     assert "path rules:" in out.stdout and "planned epochs per branch:" in out.stdout
-    assert "worst case 480 epochs" in out.stdout
+    assert "worst case 460 epochs" in out.stdout
     assert snapshot(tmp_path) == before
 
 

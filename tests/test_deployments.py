@@ -669,12 +669,12 @@ def test_walk_progress_counts_nodes_and_epochs_of_the_longest_branch():
 
     plan, force = load_plan(ROOT / "configs" / "fod_plan.yaml")
     progress = WalkProgress(plan, force)
-    # The longest branch: phase1 (100), phase2 (100), phase3 (9 trials x 20 + a full run of 100).
-    assert (progress.nodes_planned, progress.epochs_planned, progress.percent) == (7, 480, 0.0)
+    # The longest branch: phase1 (100), phase2 (100), phase3 (9 prefix trials x 20, the best continued 80 more).
+    assert (progress.nodes_planned, progress.epochs_planned, progress.percent) == (7, 460, 0.0)
     progress.enter("phase1")
     progress.trained("phase1", 60)  # stopped early: counts what it did
     progress.enter("gate1")
-    assert (progress.nodes_done, progress.epochs_done, progress.epochs_planned) == (1, 60, 440)
+    assert (progress.nodes_done, progress.epochs_done, progress.epochs_planned) == (1, 60, 420)
     progress.enter("deploy_phase1")  # the gate passed: the planned branch shrinks to what was walked
     assert (progress.nodes_planned, progress.epochs_planned) == (3, 60)
     assert progress.percent < 100, "100 only once the run has finished"

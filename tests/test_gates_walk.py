@@ -10,6 +10,7 @@ from conftest import REPLAYS, SHIPPED_PLAN, needs_shared
 from flows.engine.config import OptimizeRequest, prepare
 from flows.engine.decisions.gates import evaluate_gate, shortfalls, speedup_of
 from flows.engine.decisions.monitors import check_monitors
+from flows.engine.decisions.stoppers import Stoppers
 from flows.engine.decisions.walk import pick_best, walk_tree
 from flows.engine.plan.schema import GateNode, Monitor, SearchNode
 from flows.engine.plan.tree import always_before, find_cycle, paths
@@ -134,11 +135,11 @@ def test_a_search_whose_trials_all_tie_says_so():
     )
     tied = [result(trial=i, metrics=ValMetrics(map50_95=0.0)) for i in range(3)]
     assert all_tie(tied, "map50_95")
-    note = best_note("phase3", search, tied, tied[0], {"lr0": 0.01})
+    note = best_note("phase3", search.select, tied[0], {"lr0": 0.01}, tied=3)
     assert "all 3 trials tie at map50_95 0.0000" in note and "best trial" not in note
     spread = [*tied[:2], result(trial=2, metrics=ValMetrics(map50_95=0.1))]
     assert not all_tie(spread, "map50_95")
-    assert best_note("phase3", search, spread, spread[2], {"lr0": 0.02}).startswith("phase3: best trial 2")
+    assert best_note("phase3", search.select, spread[2], {"lr0": 0.02}).startswith("phase3: best trial 2")
     assert not all_tie(tied[:1], "map50_95"), "one trial cannot tie"
     assert not all_tie([tied[0], result(trial=1, status="failed")], "map50_95")
 
@@ -184,8 +185,11 @@ class PlainExecutor:
         self.epochs = 0
 
     def train(self, spec: TrainSpec) -> PhaseResult:
-        def count(_: EpochEvent) -> None:
+        stoppers = Stoppers(spec)  # what the spec says may stop it: its trial's end, monitors, early decision
+
+        def count(event: EpochEvent) -> None:
             self.epochs += 1
+            stoppers(event)
 
         return self.trainer.train(spec, count)
 
@@ -216,7 +220,7 @@ def test_walk_without_prefect(spec, terminal, demo_data, tmp_path):
     if "phase3" in state.path:
         assert len(state.trials) == 9
         assert {t.trial for t in state.trials} == set(range(9))
-        assert all(t.epochs_planned == 20 for t in state.trials)
+        assert all(t.epochs_done == 20 and t.epochs_planned == 100 for t in state.trials), "prefix trials"
         assert state.results["phase3"].epochs_planned == 100
         assert any("latin hypercube, 9 trials" in n for n in state.notes)
 

@@ -243,3 +243,55 @@ def test_kill_real_training_mid_phase_then_resume(node, api_url, demo_data, tmp_
     phase = next(p for p in decision["phases"] if p["node"] == node)
     assert phase["epochs_done"] == 3 and phase["status"] == "completed"
     assert_files_sound(run_dir)
+
+
+PRUNED_POINTS = ["epoch:phase3:7", "journal:phase3/trial-03", "journal:phase3/full"]
+"""A pruned search (successive halving, first rung at epoch 5): killed inside a trial, between a (pruned)
+trial and its journal line, and after the continued full run."""
+
+
+@pytest.fixture(scope="module")
+def pruned_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped plan with Phase 3 pruned by successive halving (its other settings as shipped)."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "configs" / "fod_plan.yaml").read_text(encoding="utf-8"))
+    doc["nodes"]["phase3"]["pruner"] = {
+        "kind": "successive_halving",
+        "min_resource": 5,
+        "reduction_factor": 2,
+    }
+    path = tmp_path_factory.mktemp("pruned-plan") / "plan.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pruned_reference(api_url, demo_data, pruned_plan, tmp_path_factory) -> tuple[dict, Counter]:
+    cwd = tmp_path_factory.mktemp("ref-pruned")
+    args = ["--plan", str(pruned_plan), "--data", str(demo_data), "--runs-dir", "runs"]
+    out = run([*args, "--replay", str(REPLAYS / "deploy_phase3.yaml")], api_url, cwd)
+    assert out.returncode == 0, out.stdout[-3000:]
+    return essentials(decision_of(cwd / "runs")[1]), trained_epochs(out.stdout)
+
+
+@pytest.mark.parametrize("point", PRUNED_POINTS)
+def test_kill_during_a_pruned_search_then_rerun(
+    point, api_url, demo_data, pruned_plan, pruned_reference, tmp_path
+):
+    """Same terminal, best trial and figures as the uninterrupted pruned search; no finished trial retrained."""
+    args = ["--plan", str(pruned_plan), "--data", str(demo_data), "--runs-dir", "runs"]
+    args += ["--replay", str(REPLAYS / "deploy_phase3.yaml")]
+    killed = run(args, api_url, tmp_path, kill_at=point)
+    assert killed.returncode == -signal.SIGKILL, f"never reached kill point {point}: {killed.stdout[-2000:]}"
+    resumed = run(args, api_url, tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    run_dir, decision = decision_of(tmp_path / "runs")
+    expected, expected_epochs = pruned_reference
+    assert essentials(decision) == expected
+    states = [(t["number"], t["state"], t["pruned_at"]) for t in decision["search_trials"]]
+    assert any(state == "pruned" for _, state, _ in states), states
+    epochs = trained_epochs(killed.stdout, resumed.stdout)
+    assert max(epochs.values()) == 1, f"trained twice: {[k for k, n in epochs.items() if n > 1][:5]}"
+    assert set(epochs) == set(expected_epochs)
+    assert_files_sound(run_dir)

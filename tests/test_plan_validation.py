@@ -12,6 +12,7 @@ from conftest import SHIPPED_PLAN
 from flows.engine.config import OptimizeRequest, collect_problems, prepare
 from flows.engine.plan.loader import load_plan
 from flows.engine.plan.problems import PlanError, errors_of
+from flows.engine.plan.resolve import planned_epochs
 from flows.engine.plan.schema import parse_fraction
 
 
@@ -134,7 +135,10 @@ def test_erratum_settings_resolve_as_the_plan_means(demo_data):
     assert (p2["batch"], cfg.effective_batch_of("phase2"), p2["lr0"], p2["box"]) == (8, 16, 0.01, 10.0)
     assert cfg.model_of("phase2").name == "yolo11m-p2-lite.yaml"
     trial = cfg.trial_args_for("phase3", {"lr0": 0.008})
-    assert (trial["epochs"], trial["lr0"], trial["batch"]) == (20, 0.008, 6)
+    # prefix trials: the full run's 100-epoch schedule, stopped at trial_epochs (20) by the search
+    assert (trial["epochs"], trial["lr0"], trial["batch"]) == (100, 0.008, 6)
+    assert cfg.plan.nodes["phase3"].trial_epochs == 20
+    assert planned_epochs(cfg.plan, "phase3", cfg.force) == (9 * 20 + 80, 9 * 20 + 80), "the winner continues"
     assert cfg.trial_args_for("phase3", {}, full=True)["epochs"] == 100
 
 
@@ -193,7 +197,7 @@ def test_dry_run_planned_epochs(demo_data):
     from flows.cli import describe_plan
 
     text = describe_plan(prepare(OptimizeRequest(plan=SHIPPED_PLAN, data=demo_data)))
-    assert "best case 100 epochs, worst case 480 epochs" in text
+    assert "best case 100 epochs, worst case 460 epochs" in text
     assert "gate2: map50_95 ≥ 0.905 AND images_per_s ≥ +25% vs phase1" in text
 
 

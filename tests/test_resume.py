@@ -14,6 +14,7 @@ import pytest
 from conftest import REPLAYS, ROOT, SHIPPED_PLAN, needs_shared
 
 from flows.engine.config import OptimizeRequest, prepare
+from flows.engine.decisions.stoppers import Stoppers
 from flows.engine.decisions.walk import walk_tree
 from flows.engine.records.journal import (
     Journal,
@@ -24,7 +25,7 @@ from flows.engine.records.journal import (
     locked,
     write_identity,
 )
-from flows.engine.records.results import GateResult, PhaseResult, TrainSpec
+from flows.engine.records.results import EpochEvent, GateResult, PhaseResult, TrainSpec
 
 
 class Crash(Exception):
@@ -46,9 +47,11 @@ class CountingExecutor:
         if self.crash_at is not None and len(self.trained) == self.crash_at:
             raise Crash(spec.node)
         self.trained.append(f"{spec.node}/{spec.trial}")
+        stoppers = Stoppers(spec)
 
-        def count(_: object) -> None:
+        def count(event: EpochEvent) -> None:
             self.epochs += 1
+            stoppers(event)
 
         return self.trainer.train(spec, count)
 

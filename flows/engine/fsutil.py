@@ -12,6 +12,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+FILE_MODE = 0o644
+"""Files the engine writes are readable by the team (as a plain ``open`` would make them, umask 022)."""
+
 
 class AlreadyExistsError(FileExistsError):
     """Raised instead of overwriting a run, report or deployed model."""
@@ -39,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = False) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)  # mkstemp makes files private (0600); reports and models are for the team
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -73,6 +77,7 @@ def atomic_copy(src: Path, dst: Path) -> Path:
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

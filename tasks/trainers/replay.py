@@ -88,6 +88,7 @@ class ReplayTrainer:
             except StopTraining as stop:  # early stop: the run ends after this epoch, as a real one would
                 stop_reason = stop.reason
                 recorded = recorded[: index + 1]
+                keep_resumable_checkpoint(spec, record.epoch)
                 break
             save_last_checkpoint(spec, record.epoch)
             kill_point(f"epoch:{spec.node}:{record.epoch}")
@@ -106,11 +107,22 @@ def save_last_checkpoint(spec: TrainSpec, epoch: int) -> None:
     atomic_write_text(spec.run_dir / LAST_CHECKPOINT, f"REPLAY CHECKPOINT\nepoch: {epoch}\n", overwrite=True)
 
 
+def keep_resumable_checkpoint(spec: TrainSpec, epoch: int) -> None:
+    """A prefix trial stopped after ``epoch`` keeps a checkpoint its search's full run can continue from."""
+    if spec.trial_hook is not None and spec.trial_hook.prefix:
+        from flows.engine.decisions.study import CONTINUE_CHECKPOINT
+
+        text = f"REPLAY CHECKPOINT\nepoch: {epoch}\n"
+        atomic_write_text(spec.run_dir / CONTINUE_CHECKPOINT, text, overwrite=True)
+
+
 def resumed_epochs(spec: TrainSpec) -> int:
-    """Epochs already replayed when resuming from the run's own placeholder last.pt (0 otherwise)."""
-    if spec.resume_from is None or not Path(spec.resume_from).is_file():
+    """Epochs already replayed when resuming from the run's own placeholder last.pt, or continuing the best
+    trial's checkpoint (a search's full run with ``full_run: continue``); 0 otherwise."""
+    start = spec.resume_from or spec.continue_from
+    if start is None or not Path(start).is_file():
         return 0
-    for line in Path(spec.resume_from).read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in Path(start).read_text(encoding="utf-8", errors="replace").splitlines():
         if line.startswith("epoch:") and line.split(":", 1)[1].strip().isdigit():
             return int(line.split(":", 1)[1])
     return 0

@@ -62,6 +62,7 @@ class UltralyticsTrainer:
         """Run one training to the end and return its result; re-raises after killing the child."""
         from tasks.trainers.ultra_child import run_training
 
+        spec = continued(spec)
         context = multiprocessing.get_context("spawn")
         messages = context.Queue()
         control = context.Queue()
@@ -161,6 +162,28 @@ class Outcome:
     def history(self) -> tuple[EpochRecord, ...]:
         """Epoch records in order."""
         return tuple(self.records[e] for e in sorted(self.records))
+
+
+def continued(spec: TrainSpec) -> TrainSpec:
+    """A search's full run that continues its best prefix trial: that trial's checkpoint and results.csv
+    copied into the full run's folder, then resumed from there like an interrupted training.
+
+    Done once: a full run interrupted later has its own last.pt, which the journal resumes from.
+    """
+    if spec.continue_from is None or spec.resume_from is not None:
+        return spec
+    source = Path(spec.continue_from)
+    if not source.is_file():
+        raise TrainingError(spec.key, f"cannot continue the best trial: {source} does not exist", None)
+    from flows.engine.fsutil import atomic_copy
+
+    last = Path(spec.run_dir) / "weights" / "last.pt"
+    csv = source.parent.parent / "results.csv"
+    if not last.exists():
+        atomic_copy(source, last)
+    if csv.is_file() and not (Path(spec.run_dir) / "results.csv").exists():
+        atomic_copy(csv, Path(spec.run_dir) / "results.csv")
+    return spec.model_copy(update={"resume_from": last})
 
 
 def earlier_epochs(spec: TrainSpec) -> tuple[EpochRecord, ...]:

@@ -391,6 +391,7 @@ def make_trainer_class(session: Session) -> type:
             return recovered
 
         def final_eval(self) -> None:
+            keep_resumable_checkpoint(session.spec, Path(self.last))
             self.final_validated = self.best.exists()
             self.in_final_eval = True
             try:
@@ -399,6 +400,24 @@ def make_trainer_class(session: Session) -> type:
                 self.in_final_eval = False
 
     return FodDetectionTrainer
+
+
+def keep_resumable_checkpoint(spec: Any, last: Path) -> None:
+    """A prefix trial keeps its last.pt as ``weights/continue.pt`` before Ultralytics strips it.
+
+    Ultralytics' final evaluation strips last.pt (no optimizer, epoch -1: nothing left to resume); the
+    search's full run continues the best trial from this copy instead (``full_run: continue``).
+    """
+    hook = getattr(spec, "trial_hook", None)
+    if hook is None or not hook.prefix or not last.is_file():
+        return
+    from flows.engine.decisions.study import CONTINUE_CHECKPOINT
+    from flows.engine.fsutil import atomic_copy
+
+    target = Path(spec.run_dir) / CONTINUE_CHECKPOINT
+    if target.exists():
+        target.unlink()  # a resumed trial's newer checkpoint replaces an older copy
+    atomic_copy(last, target)
 
 
 def out_of_memory_reason(trainer: Any, exc: BaseException) -> str:
@@ -467,13 +486,18 @@ def train(spec: Any, device: str | None, channel: Channel) -> Any:
         if spec.resume_from:
             # Ultralytics reloads the run's own arguments from last.pt (ERRATA: only imgsz, batch, device…
             # may change on resume), so the interrupted phase continues exactly as it started.
+            # save_dir: a search's full run resumes a copy of its best trial's checkpoint in its own folder.
             model = YOLO(str(spec.resume_from))
             device_arg = {"device": args["device"]} if args.get("device") is not None else {}
-            model.train(trainer=make_trainer_class(session), resume=True, **device_arg)
+            run_dir = str(Path(spec.run_dir).resolve())
+            model.train(trainer=make_trainer_class(session), resume=True, save_dir=run_dir, **device_arg)
         else:
             model = YOLO(str(spec.model))
             if spec.pretrained:
-                model.load(str(spec.pretrained))  # transfers the layers whose names and shapes match
+                # The trainer builds the model for the dataset's classes, then transfers every layer whose
+                # name and shape match (model.load before train would load into an 80-class model and
+                # drop the class logits of weights trained for the same classes).
+                args["pretrained"] = str(spec.pretrained)
             model.train(trainer=make_trainer_class(session), **args)
     except RuntimeError as exc:
         trainer = model.trainer if model is not None else None

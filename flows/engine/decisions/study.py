@@ -60,12 +60,16 @@ from flows.engine.plan.search_settings import (
     StudySettings,
     is_numeric,
 )
+from flows.engine.records.results import TrialHook, TrialRecord, TrialStateName
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
     from flows.engine.records.results import EpochEvent, PhaseResult
 
+CONTINUE_CHECKPOINT = Path("weights") / "continue.pt"
+"""A prefix trial's last.pt as it was when the trial stopped, before Ultralytics' final_eval strips its
+optimizer (epoch -1, nothing to resume): what the winner's full run continues from (full_run: continue)."""
 SQLITE_FILE = "optuna.db"
 JOURNAL_FILE = "optuna.journal"
 SQLITE_TIMEOUT_S = 60
@@ -84,33 +88,12 @@ PRUNED_AT = "fod:pruned_at"
 SKIPPED = "fod:skipped"
 WORKER = "fod:worker"
 
-TrialStateName = Literal["waiting", "running", "complete", "pruned", "failed"]
-
 
 class StudyError(RuntimeError):
     """The study cannot be used as asked; the message says why and what to do."""
 
 
 # --------------------------------------------------------------------------- records
-class TrialHook(Frozen):
-    """What a training needs to report its epochs into its trial and to learn when to stop.
-
-    Carried by a trial's ``TrainSpec`` (proposed: ``TrainSpec.trial_hook: TrialHook | None``), so the
-    epoch callback of whatever process trains the trial can build a :class:`TrialReporter`. ``storage``
-    is the reference as the plan gave it (``env:NAME`` stays unresolved, so no password is copied into
-    specs and journals).
-    """
-
-    storage: str
-    study_name: str
-    number: int = Field(ge=0)
-    metric: str = "map50_95"
-    trial_epochs: int = Field(ge=1)
-    prefix: bool = False
-    """A prefix trial runs on the full run's schedule and stops at ``trial_epochs``."""
-    pruner: PrunerSettings = Field(default_factory=NoPruner)
-
-
 class StudyConfig(Frozen):
     """Everything that defines one search node's study (see :func:`study_config` to build it from a plan)."""
 
@@ -153,33 +136,6 @@ class StudyConfig(Frozen):
         """What decides the trials: an existing study made with another space or design is not reused."""
         what = [self.space, self.method, self.max_trials, self.seed, self.n_trials, self.metric]
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class TrialRecord(Frozen):
-    """One trial as the report and the walk see it."""
-
-    number: int
-    point: dict[str, Any]
-    state: TrialStateName
-    value: float | None = None
-    """The select metric of the trial's best.pt (a pruned trial's at the epoch it stopped)."""
-    epochs: int = 0
-    """Epochs trained (for an unfinished trial: epochs reported so far)."""
-    pruned_at: int | None = None
-    curve: tuple[tuple[int, float], ...] = ()
-    """(epoch, value reported to the pruner) for every reported epoch."""
-    reason: str | None = None
-
-    @property
-    def label(self) -> str:
-        """``complete``, ``pruned at epoch 4``, ``failed (…)``, ``running (epoch 3)`` or ``waiting``."""
-        if self.state == "pruned":
-            return f"pruned at epoch {self.pruned_at or self.epochs}"
-        if self.state == "failed":
-            return f"failed ({self.reason})" if self.reason else "failed"
-        if self.state == "running":
-            return f"running (epoch {self.epochs})"
-        return self.state
 
 
 class BestTrial(Frozen):

@@ -17,7 +17,7 @@ from flows.engine.decisions.early import judging_gate, reference_speeds
 from flows.engine.decisions.gates import evaluate_gate
 from flows.engine.plan.sampling import describe_design, sample_trials
 from flows.engine.plan.schema import GateNode, SearchNode, TrainNode
-from flows.engine.records.results import EarlyRule, GateResult, PhaseResult, RunRef, TrainSpec
+from flows.engine.records.results import EarlyRule, GateResult, PhaseResult, RunRef, TrainSpec, TrialRecord
 
 
 class Executor(Protocol):
@@ -44,6 +44,8 @@ class WalkState:
     results: dict[str, PhaseResult] = field(default_factory=dict)
     gates: list[GateResult] = field(default_factory=list)
     trials: list[PhaseResult] = field(default_factory=list)
+    search_trials: list[TrialRecord] = field(default_factory=list)
+    """Each search's trials as its study has them (state, pruned-at epoch), for the report."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -155,34 +157,75 @@ def search_points(node: SearchNode) -> list[dict[str, Any]]:
     return sample_trials(node.space, d.method, d.max_trials, seed=d.seed, n_trials=d.n_trials)
 
 
-def best_note(
-    name: str, node: SearchNode, trials: Sequence[PhaseResult], best: PhaseResult, point: dict
-) -> str:
-    """What the report says about the choice: the best trial, or that every trial tied."""
-    value = score(best, node.select)
-    if all_tie(trials, node.select):
+def best_note(name: str, metric: str, best: PhaseResult, point: dict, *, tied: int = 0) -> str:
+    """What the report says about the choice: the best trial, or that ``tied`` trials (all of them) tie."""
+    value = score(best, metric)
+    shown = "n/a" if value is None else f"{value:.4f}"
+    if tied > 1:
         return (
-            f"{name}: all {len(trials)} trials tie at {node.select} {value:.4f}: no point is better than "
-            f"another; the first, trial {best.trial} {point}, is trained in full"
+            f"{name}: all {tied} trials tie at {metric} {shown}: no point is better than another; "
+            f"the first, trial {best.trial} {point}, is trained in full"
         )
-    return f"{name}: best trial {best.trial} ({node.select} {value:.4f}): {point}"
+    return f"{name}: best trial {best.trial} ({metric} {shown}): {point}"
+
+
+def design_line(name: str, node: SearchNode) -> str:
+    """How the search chooses its trials, for the report's notes."""
+    from flows.engine.plan.search_settings import SAMPLER_METHODS, describe_sampler_design
+
+    d = node.design
+    if d.method in SAMPLER_METHODS:
+        return f"{name}: {describe_sampler_design(d, node.study.sampler)}"
+    return f"{name}: {describe_design(node.space, d.method, d.max_trials, d.seed)}"
+
+
+def trial_spec(cfg: RunConfig, run_dir: Path, name: str, number: int, point: dict, hook: Any) -> TrainSpec:
+    """A trial's spec, reporting its epochs into its Optuna trial."""
+    return search_spec(cfg, run_dir, name, point, number).model_copy(update={"trial_hook": hook})
 
 
 def run_search(
     cfg: RunConfig, run_dir: Path, name: str, node: SearchNode, ex: Executor, state: WalkState
 ) -> PhaseResult:
-    """Trials → best → one full run of the best; the full run is the search's result."""
-    d = node.design
-    state.notes.append(f"{name}: {describe_design(node.space, d.method, d.max_trials, d.seed)}")
-    points = search_points(node)
-    trials = [ex.train(search_spec(cfg, run_dir, name, point, i)) for i, point in enumerate(points)]
-    state.trials += trials
-    best = pick_best(trials, node.select)
+    """Trials from the node's Optuna study → the best completed one → its full run (the search's result).
+
+    The study (stored in the search's folder, or at the plan's storage URL) hands out the trials; each
+    trial's epochs are reported into it and its pruner may stop the trial. A killed search resumes: the
+    journal answers for finished trials (nothing is trained twice) and the interrupted trial is handed
+    out again under its number, continuing from its last.pt. The full run restarts the best point, or
+    continues the best prefix trial from its checkpoint (``full_run: continue``).
+    """
+    from flows.engine.decisions.study import CONTINUE_CHECKPOINT, SearchStudy, study_config
+
+    state.notes.append(design_line(name, node))
+    search_dir = run_dir / "phases" / name
+    study = SearchStudy.open(study_config(node, node_name=name, run_id=run_dir.name, search_dir=search_dir))
+    results: dict[int, PhaseResult] = {}
+    while (ticket := study.next_trial()) is not None:
+        results[ticket.number] = ex.train(
+            trial_spec(cfg, run_dir, name, ticket.number, ticket.point, ticket.hook)
+        )
+        study.finish_result(ticket.number, results[ticket.number])  # journalled first: a re-run finds it
+    for record in study.trials():  # finished before an interruption: the journal answers, nothing trains
+        if record.number not in results:
+            hook = study.config.hook(record.number)
+            results[record.number] = ex.train(
+                trial_spec(cfg, run_dir, name, record.number, record.point, hook)
+            )
+    state.trials += [results[n] for n in sorted(results)]
+    state.search_trials += study.trials()
+    best = study.best()
     if best is None:
-        return PhaseResult(node=name, role="full", status="failed", reason="no trial produced a score")
-    point = points[best.trial or 0]
-    state.notes.append(best_note(name, node, trials, best, point))
-    return ex.train(search_spec(cfg, run_dir, name, point, None, state.results))
+        return PhaseResult(node=name, role="full", status="failed", reason="no trial completed with a score")
+    winner = best.trial
+    tied = best.scored if best.all_tie else 0
+    state.notes.append(best_note(name, node.select, results[winner.number], winner.point, tied=tied))
+    full = search_spec(cfg, run_dir, name, winner.point, None, state.results)
+    if node.full_run == "continue":
+        trial_dir = phase_dir(run_dir, RunRef(node=name, role="trial", trial=winner.number))
+        full = full.model_copy(update={"continue_from": trial_dir / CONTINUE_CHECKPOINT})
+    state.notes.append(f"{name}: {study.savings(full_epochs=full.epochs, full_run=node.full_run).note()}")
+    return ex.train(full)
 
 
 def step(cfg: RunConfig, run_dir: Path, name: str, ex: Executor, state: WalkState) -> str | None:

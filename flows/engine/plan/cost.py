@@ -111,30 +111,20 @@ def fails_gate_on(plan: Plan, path: Sequence[str], node: str) -> GateNode | None
     return gate if after < len(path) and path[after] == gate.on_fail else None
 
 
-def search_min_epochs(node: SearchNode, trial_epochs: int, full_epochs: int) -> tuple[int, int]:
-    """(trial epochs, full-run epochs) of a search at its cheapest: every trial but one pruned at its
-    first rung, the winner continued from its checkpoint where the plan says so."""
-    trials = node.design.n_trials or node.design.max_trials
-    pruner = getattr(node, "pruner", None)
-    first_rung = getattr(pruner, "min_resource", None) if pruner is not None else None
-    kind = getattr(pruner, "kind", "none") if pruner is not None else "none"
-    rung = trial_epochs if kind == "none" else min(int(first_rung or 1), trial_epochs)
-    trial_cost = (trials - 1) * rung + trial_epochs
-    continues = getattr(node, "full_run", "restart") == "continue"
-    return trial_cost, full_epochs - trial_epochs if continues else full_epochs
-
-
 def cheapest_epochs(plan: Plan, path: Sequence[str], node: str, force: dict[str, Any]) -> int:
     """The fewest epochs ``node`` can train on this path (its trials and full run, for a search)."""
     target = plan.nodes[node]
     lost = fails_gate_on(plan, path, node)
     if isinstance(target, SearchNode):
         from flows.engine.plan.resolve import trial_args
+        from flows.engine.plan.search_settings import fewest_epochs
 
-        each = int(trial_args(plan, node, {}, force).get("epochs", 100))
+        trials = target.design.n_trials or target.design.max_trials
         full = int(trial_args(plan, node, {}, force, full=True).get("epochs", 100))
-        trials, full_min = search_min_epochs(target, each, full)
-        return trials + (min(full_min, earliest_stop(lost, full)) if lost is not None else full_min)
+        full_min = full - target.trial_epochs if target.full_run == "continue" else full
+        if lost is not None:
+            full_min = min(full_min, earliest_stop(lost, full))
+        return fewest_epochs(target.pruner, target.trial_epochs, trials) + full_min
     epochs = planned_epochs(plan, node, force)[0]
     return earliest_stop(lost, epochs) if lost is not None else epochs
 

@@ -60,7 +60,7 @@ def trial_args(
     assert isinstance(search, SearchNode)
     args = node_args(plan, search.base)
     args.update(point)
-    if full:
+    if full or search.trial_schedule == "prefix":  # a prefix trial follows the full run's schedule
         args["epochs"] = search.full_epochs or args.get("epochs", DEFAULT_EPOCHS)
     else:
         args["epochs"] = search.trial_epochs
@@ -75,10 +75,11 @@ def planned_epochs(plan: Plan, name: str, force: dict[str, Any] | None = None) -
         epochs = int(node_args(plan, name, force).get("epochs", DEFAULT_EPOCHS))
         return epochs, epochs
     if isinstance(node, SearchNode):
+        from flows.engine.plan.search_settings import planned_search_epochs
+
         trials = node.design.n_trials or node.design.max_trials
-        each = int(trial_args(plan, name, {}, force).get("epochs", DEFAULT_EPOCHS))
         full = int(trial_args(plan, name, {}, force, full=True).get("epochs", DEFAULT_EPOCHS))
-        return trials * each + full, trials * each + full
+        return planned_search_epochs(node, full_epochs=full, n_trials=trials)
     return 0, 0
 
 

@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from flows.engine.base import Strict, check_inside, check_path_text, parse_fraction
 from flows.engine.decisions.batch_planner import BatchPlanSettings
 from flows.engine.metrics.buckets import EvaluationSettings
+from flows.engine.plan.search_settings import FullRun, NoPruner, PrunerSettings, StudySettings, TrialSchedule
 
 MetricName = Literal["precision", "recall", "map50", "map50_95"]
 SpeedFigure = Literal["images_per_s"]
@@ -132,9 +133,10 @@ def parse_clip_norm(value: Any) -> float | Literal["off"] | None:
 
 
 class Design(Strict):
-    """How a search chooses its trials (see ``sampling.py``)."""
+    """How a search chooses its trials: fixed points (``sampling.py``: grid, orthogonal array, seeded latin
+    hypercube, random) enqueued into the Optuna study, or one of Optuna's seeded samplers (tpe, qmc, gp)."""
 
-    method: Literal["grid", "orthogonal", "latin", "random"]
+    method: Literal["grid", "orthogonal", "latin", "random", "tpe", "qmc", "gp"]
     max_trials: int = Field(ge=1, le=1000)
     seed: int = 0
     n_trials: int | None = Field(default=None, ge=1)
@@ -152,6 +154,20 @@ class SearchNode(Strict):
     select: MetricName = "map50_95"
     full_epochs: int | None = Field(
         default=None, ge=1, description="Epochs of the full run; default: base's."
+    )
+    trial_schedule: TrialSchedule = Field(
+        default="short",
+        description="short: each trial is its own trial_epochs-epoch run (the seed's); prefix: a trial is "
+        "the first trial_epochs epochs of the full run's schedule (learning rate, warm-up, close_mosaic).",
+    )
+    full_run: FullRun = Field(
+        default="restart",
+        description="restart: train the best point anew; continue: the best prefix trial goes on from its "
+        "checkpoint to full_epochs (docs/SEARCH.md: what each costs and saves).",
+    )
+    pruner: PrunerSettings = Field(default_factory=NoPruner, description="Optuna's pruner for the trials.")
+    study: StudySettings = Field(
+        default_factory=StudySettings, description="The Optuna study: storage, name, sampler settings."
     )
     monitors: list[Monitor] = Field(default_factory=list)
     on_error: OnError = Field(

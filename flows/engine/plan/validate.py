@@ -165,17 +165,29 @@ def check_sanity(plan: Plan, source: str) -> list[Problem]:
 
 
 def check_designs(plan: Plan, source: str) -> list[Problem]:
-    """Each search's design must be able to choose its trials (a grid within max_trials, a fitting array)."""
+    """Each search's design must be able to choose its trials (a grid within max_trials, a fitting array),
+    and its study settings must fit together (prefix trials to continue, pruner rungs before trial_epochs)."""
+    from flows.engine.plan.resolve import trial_args
     from flows.engine.plan.sampling import SamplingError, sample_trials
+    from flows.engine.plan.search_settings import SAMPLER_METHODS, search_problems, trial_count
 
     problems = []
     for name, node in plan.nodes.items():
-        if isinstance(node, SearchNode):
-            d = node.design
+        if not isinstance(node, SearchNode):
+            continue
+        d = node.design
+        points: list = []
+        if d.method not in SAMPLER_METHODS:
             try:
-                sample_trials(node.space, d.method, d.max_trials, seed=d.seed, n_trials=d.n_trials)
+                points = sample_trials(node.space, d.method, d.max_trials, seed=d.seed, n_trials=d.n_trials)
             except SamplingError as exc:
                 problems.append(Problem(source, f"nodes.{name}.design", str(exc)))
+                continue
+        full_epochs = int(trial_args(plan, name, {}, full=True).get("epochs", 100))
+        found = search_problems(node, full_epochs=full_epochs, n_trials=trial_count(d, len(points) or None))
+        problems += [
+            Problem(source, f"nodes.{name}.{p.where}", p.message, severity=p.severity) for p in found
+        ]
     return problems
 
 

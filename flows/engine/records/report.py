@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from flows.engine.fsutil import atomic_write_bytes
-from flows.engine.records.results import Decision, PhaseResult, TreeView
+from flows.engine.records.results import Decision, PhaseResult, TreeView, TrialRecord
 from flows.engine.records.tables import batch_text, fmt4, gate_table, metric_reason, na, vram_text
 
 SHAPES = {
@@ -110,12 +110,20 @@ def incident_lines(runs: Sequence[PhaseResult]) -> list[str]:
     return lines
 
 
-def trial_rows(trials: Sequence[PhaseResult], keys: Sequence[str]) -> list[str]:
-    """The search's trials with their points."""
-    rows = ["| trial | " + " | ".join(keys) + " | mAP50-95 | status |", "|---" * (len(keys) + 3) + "|"]
+def trial_rows(
+    trials: Sequence[PhaseResult], keys: Sequence[str], states: Sequence[TrialRecord] = ()
+) -> list[str]:
+    """The search's trials with their points, epochs and state (complete, pruned at epoch k) in the study."""
+    label = {r.number: r.label for r in states}
+    rows = [
+        "| trial | " + " | ".join(keys) + " | mAP50-95 | epochs | state |",
+        "|---" * (len(keys) + 4) + "|",
+    ]
     for t in trials:
         values = " | ".join(str(t.args.get(k, "")) for k in keys)
-        rows.append(f"| {t.key} | {values} | {fmt4(t.metrics.map50_95, metric_reason(t))} | {t.status} |")
+        state = label.get(t.trial, t.status)
+        score = fmt4(t.metrics.map50_95, metric_reason(t))
+        rows.append(f"| {t.key} | {values} | {score} | {t.epochs_done} | {state} |")
     return rows
 
 
@@ -162,7 +170,12 @@ def render_report(
     if incidents := incident_lines([*decision.phases, *decision.trials]):
         lines += ["## Incidents (divergence, out of memory, failures)", "", *incidents, ""]
     if decision.trials:
-        lines += ["## Search trials", "", *trial_rows(decision.trials, space_keys), ""]
+        lines += [
+            "## Search trials",
+            "",
+            *trial_rows(decision.trials, space_keys, decision.search_trials),
+            "",
+        ]
     if evaluated := [p for p in decision.phases if p.evaluation is not None]:
         from flows.engine.metrics.render import evaluation_section
 

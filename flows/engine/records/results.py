@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -20,6 +20,7 @@ from flows.engine.decisions.batch_planner import BatchPlan, BatchPlanSettings
 from flows.engine.metrics.buckets import EvaluationSettings
 from flows.engine.metrics.evaluation import Evaluation
 from flows.engine.plan.schema import EarlyPolicy, GateNode, Monitor
+from flows.engine.plan.search_settings import NoPruner, PrunerSettings
 
 METRIC_NAMES = ("precision", "recall", "map50", "map50_95")
 """Validation metrics a gate may read; always of the final validation of best.pt."""
@@ -78,6 +79,54 @@ class RunRef(Frozen):
     def ref(self) -> RunRef:
         """Just the identity (for records that name a training without carrying it)."""
         return RunRef(node=self.node, role=self.role, trial=self.trial)
+
+
+class TrialHook(Frozen):
+    """What a training needs to report its epochs into its trial and to learn when to stop.
+
+    Carried by a trial's ``TrainSpec``, so the epoch callback of whatever process trains the trial can
+    build a ``TrialReporter`` (``decisions/study.py``). ``storage`` is the reference as the plan gave it
+    (``env:NAME`` stays unresolved, so no password is copied into specs and journals).
+    """
+
+    storage: str
+    study_name: str
+    number: int = Field(ge=0)
+    metric: str = "map50_95"
+    trial_epochs: int = Field(ge=1)
+    prefix: bool = False
+    """A prefix trial runs on the full run's schedule and stops at ``trial_epochs``."""
+    pruner: PrunerSettings = Field(default_factory=NoPruner)
+
+
+TrialStateName = Literal["waiting", "running", "complete", "pruned", "failed"]
+
+
+class TrialRecord(Frozen):
+    """One trial as the report and the walk see it."""
+
+    number: int
+    point: dict[str, Any]
+    state: TrialStateName
+    value: float | None = None
+    """The select metric of the trial's best.pt (a pruned trial's at the epoch it stopped)."""
+    epochs: int = 0
+    """Epochs trained (for an unfinished trial: epochs reported so far)."""
+    pruned_at: int | None = None
+    curve: tuple[tuple[int, float], ...] = ()
+    """(epoch, value reported to the pruner) for every reported epoch."""
+    reason: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``complete``, ``pruned at epoch 4``, ``failed (…)``, ``running (epoch 3)`` or ``waiting``."""
+        if self.state == "pruned":
+            return f"pruned at epoch {self.pruned_at or self.epochs}"
+        if self.state == "failed":
+            return f"failed ({self.reason})" if self.reason else "failed"
+        if self.state == "running":
+            return f"running (epoch {self.epochs})"
+        return self.state
 
 
 class EpochRecord(Frozen):
@@ -231,6 +280,10 @@ class TrainSpec(RunRef):
     """Stop the training once the gate that will judge it can no longer pass (phases and full runs)."""
     evaluation: EvaluationSettings | None = None
     """After training, evaluate best.pt again by object size and class, with intervals (None: do not)."""
+    trial_hook: TrialHook | None = None
+    """A search trial: report every epoch into its Optuna trial; stop when pruned (or at trial_epochs)."""
+    continue_from: Path | None = None
+    """A search's full run that continues the best prefix trial: that trial's resumable checkpoint."""
 
     @property
     def epochs(self) -> int:
@@ -332,6 +385,8 @@ class Decision(Frozen):
     gates: tuple[GateResult, ...] = ()
     phases: tuple[PhaseResult, ...] = ()
     trials: tuple[PhaseResult, ...] = ()
+    search_trials: tuple[TrialRecord, ...] = ()
+    """Every search trial as its Optuna study has it: point, state (complete, pruned at epoch k), value."""
     warnings: tuple[str, ...] = ()
     deployed_model: Path | None = None
     deployed_from: str | None = None
