@@ -24,6 +24,7 @@ Run:  .venv/bin/python benchmarks/early_decisions.py [--scenarios 300] [--seed 0
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import platform
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,17 +49,15 @@ from flows.engine.decisions.early import (  # noqa: E402
     FITTED_SCALES,
     SAFE_RESERVES,
     EarlyDecision,
-    EarlyTracker,
     MetricRule,
     RecordedCurve,
     fit_scale,
-    judging_gate,
     metric_upper_bound,
     read_recorded_curve,
-    reference_speeds,
     required_scale,
     rule_for,
 )
+from flows.engine.decisions.stoppers import Stoppers  # noqa: E402
 
 CURVES = REPO.parent / "shared" / "curves"
 PLAN = REPO / "configs" / "fod_plan.yaml"
@@ -285,6 +285,23 @@ def speed_stability(after: Sequence[int] = (2, 4, 9)) -> dict[str, dict[str, flo
 # ----------------------------------------------------------------------------- (b) whole trees
 
 
+SEARCH_SEED = 9
+"""Seed of ``pruned_search.make_search`` for the scenarios' Phase 3 trials (mixed with the scenario's)."""
+TRIAL_IMAGES_PER_S = 40.0
+
+
+def pruned_search() -> Any:
+    """benchmarks/pruned_search.py, loaded once: its search generator makes the scenarios' trials."""
+    name = "bench_pruned_search"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "pruned_search.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 @dataclass(frozen=True)
 class CurveInfo:
     """What the generator needs to know of a recorded run."""
@@ -317,14 +334,19 @@ def curve_infos() -> list[CurveInfo]:
 
 @dataclass
 class Scenario:
-    """One generated tree: per-node replay entries and epochs, and the gaps drawn (for the report)."""
+    """One generated tree: per-node replay entries and epochs, and what was drawn (for the report)."""
 
     seed: int
     entries: dict[str, Any]
+    """Replay entries: phase1, phase2, and phase3's trials and the full run of the exhaustive pick."""
     epochs: dict[str, int]
     gaps: dict[str, float]
     speedup: float
     vram2: float
+    full_by_trial: tuple[dict[str, Any], ...] = ()
+    """Phase 3's full run of each trial's point, by trial number (empty: ``entries``' full run for any)."""
+    search: dict[str, Any] = field(default_factory=dict)
+    """How the trials were made: family, base and partner curves, spread, scores, the exhaustive pick."""
 
 
 def phase_entry(info: CurveInfo, minimum: float, gap: float) -> dict[str, Any]:
@@ -341,12 +363,29 @@ def speed_entry(info: CurveInfo, images_per_s: float, *, timed: bool) -> dict[st
     return {"images_per_s": round(images_per_s, 3)}
 
 
-def make_scenario(seed: int, infos: Sequence[CurveInfo], *, timed: bool = False) -> Scenario:
-    """Draw one tree: curves, gaps to the gates' minima, images/s and VRAM near the bounds.
+def make_scenario(
+    seed: int,
+    infos: Sequence[CurveInfo],
+    search_curves: dict[str, Any],
+    trial_dir: Path,
+    *,
+    timed: bool = False,
+) -> Scenario:
+    """Draw one tree: curves, gaps to the gates' minima, images/s and VRAM near the bounds, and a search.
+
+    Phases 1 and 2 and Phase 3's full run replay completed records (``infos``) shifted to ``gap`` from
+    their gate's minimum. Phase 3's nine trials are a search of ``pruned_search.make_search`` drawn from
+    its held-out pool (the pruner's settings were calibrated on the other pool), written as results.csv
+    files into ``trial_dir``. The full run of trial i is the full-run record shifted by what trial i's
+    point is worth against the exhaustive pick's (ratio of the trials' noise-free scores), so a pruned
+    search that picks another trial changes the full run's figure as a worse or better point would.
 
     ``timed``: Phases 1 and 2 replay curves with a ``time`` column and take their per-epoch images/s
     from it (real epoch-to-epoch variation, validation included), so speed-up decisions meet noise.
     """
+    from tasks.trainers.replay import format_results_csv
+
+    ps = pruned_search()
     rng = np.random.default_rng(seed)
     phases = [i for i in infos if i.completed]
     clocked = [i for i in phases if i.seconds_per_epoch is not None] if timed else phases
@@ -361,78 +400,212 @@ def make_scenario(seed: int, infos: Sequence[CurveInfo], *, timed: bool = False)
     e2 = phase_entry(pick["phase2"], 0.905, gaps["phase2"])
     e2 |= speed_entry(pick["phase2"], ips1 * (1 + speedup), timed=timed)
     e2 |= {"nvml_peak_used_gb": round(vram2, 3)}
+    family = ps.FAMILIES[int(rng.integers(len(ps.FAMILIES)))]
+    search = ps.make_search(search_curves, ps.HELD_OUT, "prefix", family, seed, SEARCH_SEED)
+    scores = [ps.score_of(t) for t in search.trials]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # the study's choice: first on ties
     trials = []
-    for _ in range(9):
-        info = infos[int(rng.integers(len(infos)))]
-        trials.append(phase_entry(info, 0.915, float(rng.uniform(*PHASE_GAP))) | {"images_per_s": 40.0})
-    full = phase_entry(pick["phase3"], 0.915, gaps["phase3"]) | {"images_per_s": 40.0}
-    entries = {"phase1": e1, "phase2": e2, "phase3": {"trials": trials, "full": full}}
+    for number, records in enumerate(search.trials):
+        path = trial_dir / f"{seed}-trial-{number:02d}.csv"
+        path.write_text(format_results_csv(records), encoding="utf-8")
+        trials.append({"csv": str(path), "images_per_s": TRIAL_IMAGES_PER_S})
+    final3 = 0.915 + gaps["phase3"]
+    worth = [t / search.true_scores[best] - 1.0 for t in search.true_scores]
+    full_by_trial = tuple(
+        phase_entry(pick["phase3"], 0.915, gaps["phase3"] + final3 * w) | {"images_per_s": TRIAL_IMAGES_PER_S}
+        for w in worth
+    )
+    entries = {"phase1": e1, "phase2": e2, "phase3": {"trials": trials, "full": full_by_trial[best]}}
     epochs = {node: info.epochs for node, info in pick.items()}
-    return Scenario(seed, entries, epochs, gaps, speedup, vram2)
+    drawn = {
+        "family": family,
+        "base": search.base,
+        "partners": list(search.partners),
+        "spread": search.spread,
+        "scores": scores,
+        "true_scores": list(search.true_scores),
+        "exhaustive_pick": best,
+    }
+    return Scenario(seed, entries, epochs, gaps, speedup, vram2, full_by_trial, drawn)
 
 
-def scenario_plan(base: Any, scenario: Scenario, policy: str) -> Any:
-    """The shipped plan with the scenario's epochs per phase and every gate's early policy set."""
+@dataclass(frozen=True)
+class Variant:
+    """How a scenario is walked: the gates' early policy and Phase 3's search settings."""
+
+    name: str
+    early: str = "off"
+    """Every gate's ``early.policy``."""
+    schedule: str = "short"
+    """Phase 3's ``trial_schedule``."""
+    full_run: str = "restart"
+    pruner: str = "none"
+    """``none`` or ``successive_halving`` (its calibrated defaults: min_resource 10, reduction_factor 2)."""
+    held_out: bool = False
+    """The mAP50-95 rule's scale fitted without the curves the scenario's phases replay."""
+    seeded_continue: bool = False
+    """A continued full run's early decision is given its first epochs (``Stoppers(spec, history)``).
+    The train task does not do this today: its history is only kept for a resume of the same training."""
+
+    @property
+    def search(self) -> str:
+        """Phase 3's settings in words."""
+        return f"{self.schedule}, {self.full_run}, {self.pruner.replace('successive_halving', 'SH')}"
+
+
+SEARCH: dict[str, Any] = {"schedule": "prefix", "full_run": "continue"}
+"""The shipped plan's Phase 3: prefix trials, the best continues from its checkpoint."""
+SH: dict[str, Any] = {"pruner": "successive_halving"}
+VARIANTS = (
+    Variant("naive"),
+    Variant("early only", early="safe"),
+    Variant("search only", **SEARCH),
+    Variant("search only + SH", **SEARCH, **SH),
+    Variant("engine", early="safe", **SEARCH),
+    Variant("engine + SH", early="safe", **SEARCH, **SH),
+    Variant("engine, held-out", early="safe", **SEARCH, held_out=True),
+    Variant("engine + SH, held-out", early="safe", **SEARCH, **SH, held_out=True),
+    Variant("engine, continued run seeded", early="safe", **SEARCH, seeded_continue=True),
+    Variant("engine + SH, continued run seeded", early="safe", **SEARCH, **SH, seeded_continue=True),
+    Variant("aggressive engine + SH", early="aggressive", **SEARCH, **SH),
+    Variant("aggressive engine + SH, held-out", early="aggressive", **SEARCH, **SH, held_out=True),
+)
+"""Walks per scenario; the first is the naive walk every other is compared with. naive: the seed plan
+(no early decisions, 9 short trials, the full run restarted); engine: the shipped plan (safe, prefix
+trials, the best continues, no pruner)."""
+VARIANT = {v.name: v for v in VARIANTS}
+TIMED_VARIANTS = ("naive", "early only", "engine", "engine + SH")
+
+
+def scenario_plan(base: Any, scenario: Scenario, variant: Variant, storage: str | None) -> Any:
+    """The shipped plan with the scenario's epochs per phase, the variant's early policy on every gate
+    and its search settings on Phase 3 (``storage``: the study's; None: SQLite in the run folder)."""
     from flows.engine.plan.schema import GateNode, SearchNode, TrainNode
+    from flows.engine.plan.search_settings import NoPruner, SuccessiveHalvingSettings
 
+    pruner = NoPruner() if variant.pruner == "none" else SuccessiveHalvingSettings(kind="successive_halving")
     nodes = {}
     for name, node in base.nodes.items():
         update: dict[str, Any] = {}
         if isinstance(node, TrainNode) and name in scenario.epochs:
             update = {"args": {**node.args, "epochs": scenario.epochs[name]}}
         elif isinstance(node, SearchNode):
-            update = {"full_epochs": scenario.epochs[name], "trial_epochs": TRIAL_EPOCHS}
+            update = {
+                "full_epochs": scenario.epochs[name],
+                "trial_epochs": TRIAL_EPOCHS,
+                "trial_schedule": variant.schedule,
+                "full_run": variant.full_run,
+                "pruner": pruner,
+            }
+            if storage is not None:  # Optuna's in-memory storage (a reference the plan file cannot name)
+                update["study"] = node.study.model_copy(update={"storage": storage})
         elif isinstance(node, GateNode):
-            update = {"early": node.early.model_copy(update={"policy": policy})}
+            update = {"early": node.early.model_copy(update={"policy": variant.early})}
         nodes[name] = node.model_copy(update=update)
     return base.model_copy(update={"nodes": nodes})
 
 
-class ReplayExecutor:
-    """The walk's executor: the replay trainer, an epoch counter and, when asked, early decisions.
+class EngineExecutor:
+    """The walk's executor, wired as the flow's train task is (without Prefect): the replay trainer, with
+    the spec's own ``Stoppers`` as ``on_epoch`` (trial pruner and prefix end, monitors, early decision).
 
-    Like the flow's train task: the gate that judges a phase (or a search's full run) watches its
-    epochs through an ``EarlyTracker``; trials are left alone (they are the pruner's business).
+    GPU-epochs are counted from the events the trainer delivers, per role (a continued full run
+    delivers only the epochs after its checkpoint). ``full_runs``: Phase 3's full run per trial number
+    (the winner's is replayed; empty: the SPEC's); ``space``: the search's factors (to tell the winner
+    from the full run's arguments); ``rules``: held-out metric rules; ``seed_continued``: see
+    ``Variant.seeded_continue``.
     """
 
     def __init__(
-        self, plan: Any, replay: Any, *, early: bool, rules: dict[str, MetricRule] | None = None
+        self,
+        replay: Any,
+        *,
+        space: Sequence[str] = (),
+        full_runs: Sequence[Any] = (),
+        rules: dict[str, MetricRule] | None = None,
+        seed_continued: bool = False,
     ) -> None:
         from tasks.trainers.replay import ReplayTrainer
 
-        self.plan = plan
-        self.rules = rules
+        self.replay = replay
         self.trainer = ReplayTrainer(replay)
-        self.early = early
-        self.results: dict[str, Any] = {}
-        self.epochs = 0
+        self.space = tuple(space)
+        self.full_runs = tuple(full_runs)
+        self.rules = rules
+        self.seed_continued = seed_continued
+        self.epochs: Counter = Counter()
         self.decisions: list[EarlyDecision] = []
+        self.points: dict[int, dict[str, Any]] = {}
+        self.winner: int | None = None
+
+    @property
+    def total(self) -> int:
+        """GPU-epochs delivered so far."""
+        return sum(self.epochs.values())
 
     def train(self, spec: Any) -> Any:
-        """Run one training, counting its epochs; stop it when its gate is lost (early walks)."""
-        tracker = self.tracker_for(spec)
+        """Run one training as the train task does: its stoppers see every epoch and may stop it."""
+        trainer = self.trainer
+        if spec.role == "full":
+            self.winner = self.winner_of(spec)
+            trainer = self.trainer_for(spec.node, self.winner)
+        history = self.continued_history(spec, trainer) if self.seed_continued else ()
+        stoppers = Stoppers(spec, history, rules=self.rules)
 
         def on_epoch(event: Any) -> None:
-            self.epochs += 1
-            if tracker is not None:
-                tracker(event)
+            self.epochs[spec.role] += 1
+            stoppers(event)
 
-        result = self.trainer.train(spec, on_epoch)
-        if tracker is not None and tracker.decision is not None:
-            self.decisions.append(tracker.decision)
-        if spec.trial is None:
-            self.results[spec.node] = result
+        result = trainer.train(spec, on_epoch)
+        if stoppers.early_decision is not None:
+            self.decisions.append(stoppers.early_decision)
+        if spec.role == "trial":
+            self.points[spec.trial] = {k: spec.args.get(k) for k in self.space}
         return result
 
-    def tracker_for(self, spec: Any) -> EarlyTracker | None:
-        """The judging gate's tracker for a phase or a full run; None for trials and naive walks."""
-        judged = judging_gate(self.plan, spec.node) if self.early and spec.trial is None else None
-        if judged is None:
-            return None
-        name, gate = judged
-        close = int(spec.args.get("close_mosaic", 10) or 0)
-        speeds = reference_speeds(gate, self.results)
-        return EarlyTracker(gate, speeds, gate_name=name, close_mosaic=close, rules=self.rules)
+    def winner_of(self, spec: Any) -> int | None:
+        """The trial whose point the full run trains (its arguments on the search's factors)."""
+        point = {k: spec.args.get(k) for k in self.space}
+        matches = [n for n, p in sorted(self.points.items()) if p == point]
+        if len(matches) > 1:
+            raise RuntimeError(f"trials {matches} share the full run's point {point}: winner unknown")
+        return matches[0] if matches else None
+
+    def trainer_for(self, node: str, winner: int | None) -> Any:
+        """The replay trainer whose full run for ``node`` is the winner's."""
+        from tasks.trainers.replay import ReplayTrainer
+
+        if not self.full_runs or winner is None:
+            return self.trainer
+        entry = self.replay.nodes[node].model_copy(update={"full": self.full_runs[winner]})
+        return ReplayTrainer(self.replay.model_copy(update={"nodes": {**self.replay.nodes, node: entry}}))
+
+    def continued_history(self, spec: Any, trainer: Any) -> list[Any]:
+        """For a continued full run: the events of its own first epochs (those of the checkpoint it
+        continues), replayed into a scratch folder and not counted; nothing for any other training."""
+        from flows.engine.decisions.monitors import StopTraining
+        from tasks.trainers.replay import resumed_epochs
+
+        done = resumed_epochs(spec) if spec.continue_from is not None and spec.early is not None else 0
+        if done <= 0:
+            return []
+        events: list[Any] = []
+
+        def collect(event: Any) -> None:
+            events.append(event)
+            if event.record.epoch >= done:
+                raise StopTraining("history collected")
+
+        scratch = Path(spec.run_dir).parent / f"{Path(spec.run_dir).name}-history"
+        update = {
+            "continue_from": None,
+            "run_dir": scratch,
+            "early": None,
+            "trial_hook": None,
+            "monitors": (),
+        }
+        trainer.train(spec.model_copy(update=update), collect)
+        return events
 
     def gate(self, result: Any) -> None:
         """Gates are read from the walk's state."""
@@ -450,93 +623,72 @@ def base_config() -> Any:
     )
 
 
-TREE_VARIANTS = ("safe", "aggressive", "safe held-out", "aggressive held-out")
-"""Early walks per scenario. Held-out: the mAP50-95 scale is fitted on the curves that the scenario's
-phases do NOT replay (times the policy's reserve), so no phase is judged by a rule fitted on its curve."""
+def scenario_replays(scenario: Scenario) -> tuple[Any, tuple[Any, ...]]:
+    """The scenario's replay SPEC and Phase 3's full run per trial, validated once for all its walks."""
+    from flows.engine.records.replay_spec import ReplaySpec, RunEntry
+
+    context = {"base_dir": CURVES}
+    replay = ReplaySpec.model_validate({"nodes": scenario.entries}, context=context)
+    full = tuple(RunEntry.model_validate(e, context=context) for e in scenario.full_by_trial)
+    return replay, full
 
 
-def walk(cfg: Any, scenario: Scenario, variant: str, work: Path, needs: dict[str, float]) -> dict[str, Any]:
-    """Walk one scenario with the real engine; the terminal, path, epochs and early decisions."""
+def walk(
+    cfg: Any,
+    scenario: Scenario,
+    variant: Variant | str,
+    work: Path,
+    needs: dict[str, float] | None = None,
+    *,
+    replays: tuple[Any, tuple[Any, ...]] | None = None,
+    storage: str = "memory",
+) -> dict[str, Any]:
+    """Walk one scenario with the real engine (``walk_tree``); terminal, path, epochs, decisions, search.
+
+    ``storage``: ``memory`` (Optuna's in-memory storage, one per walk) or ``sqlite`` (the engine's
+    default: optuna.db in the search's folder of the run)."""
     from flows.engine.decisions.walk import walk_tree
-    from flows.engine.records.replay_spec import ReplaySpec
+    from flows.engine.plan.schema import SearchNode
 
-    policy = variant.split(maxsplit=1)[0]
-    plan = scenario_plan(cfg.plan, scenario, policy)
-    replay = ReplaySpec.model_validate({"nodes": scenario.entries}, context={"base_dir": CURVES})
-    ex = ReplayExecutor(plan, replay, early=policy != "off", rules=held_out_rules(scenario, variant, needs))
+    variant = VARIANT[variant] if isinstance(variant, str) else variant
+    replay, full_runs = replays or scenario_replays(scenario)
+    ref = f"memory:early-bench-{uuid.uuid4().hex}" if storage == "memory" else None
+    plan = scenario_plan(cfg.plan, scenario, variant, ref)
+    search = next(n for n in plan.nodes.values() if isinstance(n, SearchNode))
+    ex = EngineExecutor(
+        replay,
+        space=tuple(search.space),
+        full_runs=full_runs,
+        rules=held_out_rules(scenario, variant, needs or {}),
+        seed_continued=variant.seeded_continue,
+    )
     state = walk_tree(cfg.model_copy(update={"plan": plan}), work, ex)
     return {
         "terminal": state.terminal,
         "path": list(state.path),
-        "epochs": ex.epochs,
+        "epochs": ex.total,
+        "epochs_by": dict(ex.epochs),
         "lost": [g.node for g in state.gates if g.outcome == "fail"],
-        "decisions": [d.model_dump() for d in ex.decisions],
+        "decisions": [d.model_dump(mode="json") for d in ex.decisions],
+        "winner": ex.winner,
+        "trials": [{"state": t.state, "epochs": t.epochs} for t in state.search_trials],
     }
 
 
-def held_out_rules(scenario: Scenario, variant: str, needs: dict[str, float]) -> dict[str, MetricRule] | None:
+def held_out_rules(
+    scenario: Scenario, variant: Variant, needs: dict[str, float]
+) -> dict[str, MetricRule] | None:
     """For a held-out variant: the mAP50-95 rule fitted without the scenario's phase curves."""
-    if not variant.endswith("held-out"):
+    if not variant.held_out:
         return None
-    policy = variant.split(maxsplit=1)[0]
-    used = {scenario.entries[n]["csv"].removesuffix(".csv") for n in ("phase1", "phase2")}
-    used.add(scenario.entries["phase3"]["full"]["csv"].removesuffix(".csv"))
-    fitted = max(v for name, v in needs.items() if name not in used)
-    factor = SAFE_RESERVES["map50_95"] if policy == "safe" else 1.0
+    fitted = max(v for name, v in needs.items() if name not in phase_curve_names(scenario))
+    factor = SAFE_RESERVES["map50_95"] if variant.early == "safe" else 1.0
     return {"map50_95": MetricRule(scale=fitted * factor)}
 
 
-def ceiling_epochs(row: dict[str, Any]) -> int:
-    """GPU-epochs of an oracle that knows every final figure but waits as the rules do: a lost VRAM
-    condition at epoch 1, a speed-up lost beyond the tolerance after the stable epochs, a lost metric at
-    30 % of the schedule; the best any rule of this family can do on the scenario."""
-    naive, lost, epochs = row["off"]["epochs"], row["off"]["lost"], row["epochs"]
-    saved = 0
-    for gate, node in (("gate1", "phase1"), ("gate2", "phase2"), ("gate3", "phase3")):
-        if gate not in lost:
-            continue
-        n = epochs[node]
-        stops = [math.ceil(FIT_FRACTION * n)] if row["gaps"][node] < 0 else []
-        if node == "phase2" and row["vram2"] > 20.0:
-            stops.append(1)
-        if node == "phase2" and row["speedup"] < 0.25 - 0.05:
-            stops.append(3)
-        saved += n - min(stops) if stops else 0
-    return naive - saved
-
-
-def tree_benchmark(
-    n: int, seed: int, *, timed: bool = False, variants: Sequence[str] = TREE_VARIANTS
-) -> dict[str, Any]:
-    """(b): every scenario walked naively and with each early variant."""
-    cfg, infos = base_config(), curve_infos()
-    fit = MetricRule(scale=1.0, min_fraction=FIT_FRACTION)
-    needs = {c.name: required_scale(c, fit) for c in load_curves("map50_95")}
-    rows = []
-    scratch = Path("/dev/shm") if Path("/dev/shm").is_dir() else None  # many small fsync'ed files
-    with tempfile.TemporaryDirectory(prefix="early-bench-", dir=scratch) as tmp:
-        for i in range(n):
-            scenario = make_scenario(seed * 100_000 + i, infos, timed=timed)
-            row: dict[str, Any] = {
-                "seed": scenario.seed,
-                "epochs": scenario.epochs,
-                "gaps": scenario.gaps,
-                "speedup": scenario.speedup,
-                "vram2": scenario.vram2,
-                "curves": phase_curves(scenario),
-            }
-            for variant in ("off", *variants):
-                folder = Path(tmp) / f"{i}-{variant.replace(' ', '-')}"
-                row[variant] = walk(cfg, scenario, variant, folder, needs)
-            row["ceiling_epochs"] = ceiling_epochs(row)
-            rows.append(row)
-    summary = {v: tree_summary(rows, v) for v in variants}
-    lost = [r for r in rows if r["off"]["lost"]]
-    summary["ceiling"] = {
-        "gate_lost_share_total": ceiling_share(lost),
-        "all_share_total": ceiling_share(rows),
-    }
-    return {"scenarios": rows, "summary": summary}
+def phase_curve_names(scenario: Scenario) -> set[str]:
+    """The recorded runs the scenario's Phases 1 and 2 and Phase 3's full run replay."""
+    return {Path(c).stem for c in phase_curves(scenario).values()}
 
 
 def phase_curves(scenario: Scenario) -> dict[str, str]:
@@ -544,10 +696,101 @@ def phase_curves(scenario: Scenario) -> dict[str, str]:
     return {node: entry.get("csv") or entry["full"]["csv"] for node, entry in scenario.entries.items()}
 
 
-def ceiling_share(rows: Sequence[dict[str, Any]]) -> float:
+def ceiling_epochs(row: dict[str, Any], *, continued: bool = False) -> int:
+    """GPU-epochs of an oracle that knows every final figure but waits as the rules do: a lost VRAM
+    condition at epoch 1, a speed-up lost beyond the tolerance after the stable epochs, a lost metric at
+    30 % of the schedule; the best any rule of this family can do on the scenario (trials untouched).
+
+    ``continued``: Phase 3's full run continues the best trial's 20 epochs (it trains the rest; a
+    decision due before its first epoch is taken at its first)."""
+    naive = row["naive"]
+    total = naive["epochs"]
+    for gate, node in (("gate1", "phase1"), ("gate2", "phase2"), ("gate3", "phase3")):
+        if node not in naive["path"]:
+            continue
+        n = row["epochs"][node]
+        stops = []
+        if gate in naive["lost"]:
+            stops = [math.ceil(FIT_FRACTION * n)] if row["gaps"][node] < 0 else []
+            if node == "phase2" and row["vram2"] > 20.0:
+                stops.append(1)
+            if node == "phase2" and row["speedup"] < 0.25 - 0.05:
+                stops.append(3)
+        trained = min(stops) if stops else n
+        if node == "phase3" and continued:
+            trained = max(trained - TRIAL_EPOCHS, 1) if stops else n - TRIAL_EPOCHS
+        total -= n - trained
+    return total
+
+
+def tree_benchmark(
+    n: int,
+    seed: int,
+    *,
+    timed: bool = False,
+    variants: Sequence[str] = tuple(VARIANT),
+    storage: str = "memory",
+    log: bool = True,
+) -> dict[str, Any]:
+    """(b): every scenario walked by every variant (the first: naive)."""
+    cfg, infos = base_config(), curve_infos()
+    search_curves = pruned_search().load_curves()
+    fit = MetricRule(scale=1.0, min_fraction=FIT_FRACTION)
+    needs = {c.name: required_scale(c, fit) for c in load_curves("map50_95")}
+    chosen = [VARIANT[v] for v in variants]
+    assert chosen[0].name == "naive", "the naive walk comes first"
+    rows = []
+    started = time.time()
+    scratch = Path("/dev/shm") if Path("/dev/shm").is_dir() else None  # many small files
+    with tempfile.TemporaryDirectory(prefix="early-bench-", dir=scratch) as tmp:
+        trial_dir = Path(tmp) / "trial-curves"
+        trial_dir.mkdir()
+        for i in range(n):
+            scenario = make_scenario(seed * 100_000 + i, infos, search_curves, trial_dir, timed=timed)
+            replays = scenario_replays(scenario)
+            row: dict[str, Any] = {
+                "seed": scenario.seed,
+                "epochs": scenario.epochs,
+                "gaps": scenario.gaps,
+                "speedup": scenario.speedup,
+                "vram2": scenario.vram2,
+                "curves": phase_curves(scenario),
+                "search": scenario.search,
+            }
+            for variant in chosen:
+                folder = Path(tmp) / f"{i}-{variant.name.replace(' ', '-').replace(',', '')}"
+                row[variant.name] = walk(
+                    cfg, scenario, variant, folder, needs, replays=replays, storage=storage
+                )
+            row["ceiling_epochs"] = ceiling_epochs(row)
+            row["ceiling_continued_epochs"] = ceiling_epochs(row, continued=True)
+            rows.append(row)
+            if log and (i + 1) % 25 == 0:
+                print(f"  {i + 1}/{n} scenarios, {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+    summary: dict[str, Any] = {v.name: tree_summary(rows, v) for v in chosen[1:]}
+    lost = [r for r in rows if r["naive"]["lost"]]
+    summary["ceiling"] = {
+        key: {"gate_lost_share_total": ceiling_share(lost, key), "all_share_total": ceiling_share(rows, key)}
+        for key in ("ceiling_epochs", "ceiling_continued_epochs")
+    }
+    naive_terminals = Counter(r["naive"]["terminal"] for r in rows)
+    return {
+        "scenarios": rows,
+        "summary": summary,
+        "naive_terminals": dict(naive_terminals),
+        "naive_epochs_by": {
+            part: dict(sum((Counter(r["naive"]["epochs_by"]) for r in subset), Counter()))
+            for part, subset in (("all", rows), ("gate_lost", lost))
+        },
+        "seconds": time.time() - started,
+        "storage": storage,
+    }
+
+
+def ceiling_share(rows: Sequence[dict[str, Any]], key: str = "ceiling_epochs") -> float:
     """The oracle's GPU-epochs as a share of the naive walks'."""
-    naive = sum(r["off"]["epochs"] for r in rows)
-    return sum(r["ceiling_epochs"] for r in rows) / naive if naive else 1.0
+    naive = sum(r["naive"]["epochs"] for r in rows)
+    return sum(r[key] for r in rows) / naive if naive else 1.0
 
 
 def share_cell(part: dict[str, Any]) -> str:
@@ -557,34 +800,58 @@ def share_cell(part: dict[str, Any]) -> str:
     return f"{part['share_total']:.1%} (n={part['n']}, mean {part['share_mean']:.1%})"
 
 
-def tree_summary(rows: Sequence[dict[str, Any]], policy: str) -> dict[str, Any]:
-    """Same terminal rate and GPU-epoch shares, overall and where the naive walk loses a gate."""
+ROLES = ("phase", "trial", "full")
+"""Epoch counters of a walk: Phases 1 and 2, Phase 3's trials, Phase 3's full run."""
 
-    def share(subset: Sequence[dict[str, Any]]) -> dict[str, float]:
+
+def tree_summary(rows: Sequence[dict[str, Any]], variant: Variant) -> dict[str, Any]:
+    """Same terminal rate and GPU-epoch shares against the naive walk, overall and where it loses a gate;
+    epochs per role; the search's choice against the naive walk's."""
+    name = variant.name
+
+    def share(subset: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not subset:
             return {"n": 0}
-        naive = sum(r["off"]["epochs"] for r in subset)
-        early = sum(r[policy]["epochs"] for r in subset)
-        ratios = [r[policy]["epochs"] / r["off"]["epochs"] for r in subset]
-        return {"n": len(subset), "share_total": early / naive, "share_mean": float(np.mean(ratios))}
+        naive = sum(r["naive"]["epochs"] for r in subset)
+        walked = sum(r[name]["epochs"] for r in subset)
+        ratios = [r[name]["epochs"] / r["naive"]["epochs"] for r in subset]
+        by_role = {}
+        for role in ROLES:
+            base = sum(r["naive"]["epochs_by"].get(role, 0) for r in subset)
+            mine = sum(r[name]["epochs_by"].get(role, 0) for r in subset)
+            by_role[role] = mine / base if base else None
+        return {
+            "n": len(subset),
+            "share_total": walked / naive,
+            "share_mean": float(np.mean(ratios)),
+            "by_role": by_role,
+        }
 
-    lost = [r for r in rows if r["off"]["lost"]]
-    terminals = sorted({r["off"]["terminal"] for r in rows})
-    by_terminal = {t: share([r for r in rows if r["off"]["terminal"] == t]) for t in terminals}
-    checks = Counter(d["check"] for r in rows for d in r[policy]["decisions"])
-    decisions = [d for r in rows for d in r[policy]["decisions"]]
-    hours = [d["gpu_hours_saved"] for d in decisions if d["gpu_hours_saved"] is not None]
+    lost = [r for r in rows if r["naive"]["lost"]]
+    searched = [r for r in rows if r["naive"]["winner"] is not None and r[name]["winner"] is not None]
+    decisions = [d for r in rows for d in r[name]["decisions"]]
+    checks = Counter(f"{d['subject']}:{d['check']}" for d in decisions)
     return {
+        "variant": {k: getattr(variant, k) for k in ("early", "schedule", "full_run", "pruner", "held_out")}
+        | {"seeded_continue": variant.seeded_continue},
         "scenarios": len(rows),
-        "same_terminal": sum(r[policy]["terminal"] == r["off"]["terminal"] for r in rows) / len(rows),
-        "same_path": sum(r[policy]["path"] == r["off"]["path"] for r in rows) / len(rows),
-        "mismatches": [r["seed"] for r in rows if r[policy]["terminal"] != r["off"]["terminal"]],
+        "same_terminal": sum(r[name]["terminal"] == r["naive"]["terminal"] for r in rows) / len(rows),
+        "same_path": sum(r[name]["path"] == r["naive"]["path"] for r in rows) / len(rows),
+        "mismatches": [
+            {"seed": r["seed"], "naive": r["naive"]["terminal"], "walk": r[name]["terminal"]}
+            for r in rows
+            if r[name]["terminal"] != r["naive"]["terminal"]
+        ],
         "all": share(rows),
         "gate_lost": share(lost),
-        "no_gate_lost": share([r for r in rows if not r["off"]["lost"]]),
-        "by_naive_terminal": by_terminal,
-        "decisions_by_check": dict(checks),
-        "gpu_hours_saved_where_timed": float(sum(hours)),
+        "no_gate_lost": share([r for r in rows if not r["naive"]["lost"]]),
+        "searches": len(searched),
+        "same_winner": (
+            sum(r[name]["winner"] == r["naive"]["winner"] for r in searched) / len(searched)
+            if searched
+            else None
+        ),
+        "decisions_by_check": dict(sorted(checks.items())),
     }
 
 
@@ -639,22 +906,64 @@ def gap_table(res: dict[str, Any]) -> str:
 
 
 def tree_table(summary: dict[str, Any]) -> str:
-    """Markdown: the whole-tree figures per policy."""
+    """Markdown: the whole-tree figures per walk, against the naive walk."""
     lines = [
-        "| walk | scenarios | same terminal | same path | GPU-epochs vs naive: all | gate lost | none lost |",
-        "|---|---|---|---|---|---|---|",
+        "| walk | early | Phase 3 (trials, full run, pruner) | same terminal | same path "
+        "| GPU-epochs vs naive: all | gate lost | none lost |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for policy, s in summary.items():
-        if policy == "ceiling":
+    for name, s in summary.items():
+        if name == "ceiling":
             continue
+        v = VARIANT[name]
+        early = v.early + (", held-out" if v.held_out else "") + (", seeded" if v.seeded_continue else "")
         same = f"{s['same_terminal']:.1%} | {s['same_path']:.1%}"
         shares = " | ".join(share_cell(s[part]) for part in ("all", "gate_lost", "no_gate_lost"))
-        lines.append(f"| {policy} | {s['scenarios']} | {same} | {shares} |")
-    ceiling = summary["ceiling"]
-    all_share, lost_share = ceiling["all_share_total"], ceiling["gate_lost_share_total"]
-    lines.append(
-        f"| ceiling (oracle, same waiting rules) | | | | {all_share:.1%} | {lost_share:.1%} | 100.0% |"
-    )
+        lines.append(f"| {name} | {early} | {v.search} | {same} | {shares} |")
+    labels = {
+        "ceiling_epochs": "ceiling: oracle early decisions, full run restarted",
+        "ceiling_continued_epochs": "ceiling: oracle early decisions, best trial continued",
+    }
+    for key, label in labels.items():
+        c = summary["ceiling"][key]
+        lines.append(
+            f"| {label} | | no pruner | | | {c['all_share_total']:.1%} | {c['gate_lost_share_total']:.1%} | |"
+        )
+    return "\n".join(lines)
+
+
+def role_table(summary: dict[str, Any], naive_epochs: dict[str, int]) -> str:
+    """Markdown: where a walk saves, on the scenarios where a gate is lost: each role's epochs as a share
+    of the naive walk's epochs of that role, and the total."""
+    total = sum(naive_epochs.values())
+    head = " | ".join(f"{label} ({naive_epochs.get(role, 0)})" for role, label in ROLE_LABELS.items())
+    lines = [
+        f"| walk | {head} | all ({total}) | same winner as naive |",
+        "|---|" + "---|" * (len(ROLE_LABELS) + 2),
+    ]
+    for name, s in summary.items():
+        if name == "ceiling" or not s["gate_lost"].get("n"):
+            continue
+        by = s["gate_lost"]["by_role"]
+        cells = " | ".join("–" if by[r] is None else f"{by[r]:.1%}" for r in ROLE_LABELS)
+        winner = "–" if s["same_winner"] is None else f"{s['same_winner']:.1%} of {s['searches']}"
+        lines.append(f"| {name} | {cells} | {s['gate_lost']['share_total']:.1%} | {winner} |")
+    return "\n".join(lines)
+
+
+ROLE_LABELS = {"phase": "Phases 1-2", "trial": "Phase 3 trials", "full": "Phase 3 full run"}
+
+
+def decision_lines(summary: dict[str, Any]) -> str:
+    """Plain lines: early decisions per subject and check, and any changed terminal, per walk."""
+    lines = []
+    for name, s in summary.items():
+        if name == "ceiling":
+            continue
+        checks = ", ".join(f"{k} {v}" for k, v in s["decisions_by_check"].items()) or "none"
+        changed = "; ".join(f"seed {m['seed']}: {m['naive']} -> {m['walk']}" for m in s["mismatches"])
+        changed = f"; changed terminals: {changed}" if changed else ""
+        lines.append(f"- {name}: early stops {checks}{changed}")
     return "\n".join(lines)
 
 
@@ -669,13 +978,23 @@ def speed_table(stability: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run (a) and (b), print the Markdown tables, write the JSON."""
+    """Run (a), (c) and (b), print the Markdown tables, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--timed-scenarios", type=int, default=100, help="scenarios with clocked speeds")
     parser.add_argument("--skip-trees", action="store_true")
+    parser.add_argument("--skip-pairs", action="store_true", help="only (b): the whole trees")
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANT), choices=list(VARIANT), help="walks (naive is added)"
+    )
+    parser.add_argument(
+        "--storage",
+        choices=("memory", "sqlite"),
+        default="memory",
+        help="the search's Optuna study: in memory, or the engine's default optuna.db in the run folder",
+    )
     args = parser.parse_args(argv)
     if not CURVES.is_dir():
         print(f"no recorded curves at {CURVES}", file=sys.stderr)
@@ -688,31 +1007,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         "safe_reserves": SAFE_RESERVES,
         "aggressive_min_fraction": AGGRESSIVE_MIN_FRACTION,
     }
-    report["pairs"] = [pair_benchmark(metric) for metric in METRICS]
-    report["speed_stability"] = speed_stability()
-    report["reserve_sensitivity"] = reserve_sensitivity()
-    report["fraction_sensitivity"] = fraction_sensitivity()
     print(json.dumps(report["machine"]))
-    print(pair_table(report["pairs"]))
-    print()
-    print(gap_table(report["pairs"][0]))
-    for res in report["pairs"]:
-        print(f"{res['metric']}: fitted scale {res['fitted_scale']:.4f}")
-    print(speed_table(report["speed_stability"]))
-    print(reserve_table(report["reserve_sensitivity"]))
-    print(fraction_table(report["fraction_sensitivity"]))
-    if not args.skip_trees:
-        report["trees"] = tree_benchmark(args.scenarios, args.seed)
+    if not args.skip_pairs:
+        report["pairs"] = [pair_benchmark(metric) for metric in METRICS]
+        report["speed_stability"] = speed_stability()
+        report["reserve_sensitivity"] = reserve_sensitivity()
+        report["fraction_sensitivity"] = fraction_sensitivity()
+        print(pair_table(report["pairs"]))
         print()
-        print(tree_table(report["trees"]["summary"]))
-        print(json.dumps(report["trees"]["summary"], indent=1))
-    if not args.skip_trees and args.timed_scenarios:
-        timed = tree_benchmark(args.timed_scenarios, args.seed + 1, timed=True, variants=("safe",))
-        report["timed_trees"] = timed
+        print(gap_table(report["pairs"][0]))
+        for res in report["pairs"]:
+            print(f"{res['metric']}: fitted scale {res['fitted_scale']:.4f}")
+        print(speed_table(report["speed_stability"]))
+        print(reserve_table(report["reserve_sensitivity"]))
+        print(fraction_table(report["fraction_sensitivity"]))
+    variants = ["naive", *(v for v in args.variants if v != "naive")]
+    runs = [("trees", args.scenarios, args.seed, False, variants)]
+    if args.timed_scenarios:
+        timed_variants = ["naive", *(v for v in TIMED_VARIANTS if v in variants and v != "naive")]
+        runs.append(("timed_trees", args.timed_scenarios, args.seed + 1, True, timed_variants))
+    for key, n, seed, timed, chosen in [] if args.skip_trees else runs:
+        result = tree_benchmark(n, seed, timed=timed, variants=chosen, storage=args.storage)
+        report[key] = result
         print()
-        print("speeds from the records' clocks:")
-        print(tree_table(timed["summary"]))
-        print(json.dumps(timed["summary"], indent=1))
+        print(f"{key}: {n} scenarios, {result['seconds']:.0f} s; naive terminals {result['naive_terminals']}")
+        print(tree_table(result["summary"]))
+        print()
+        print("gate lost, by role:")
+        print(role_table(result["summary"], result["naive_epochs_by"]["gate_lost"]))
+        print()
+        print(decision_lines(result["summary"]))
     report["seconds"] = time.time() - started
     if args.out:
         args.out.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")

@@ -117,31 +117,10 @@ def cpp_reference_seconds(gt: Any, predictions: Any, settings: Any, resamples: i
     import faster_coco_eval.faster_eval_api_cpp as cpp
     from faster_coco_eval import COCO, COCOeval_faster
 
-    from flows.engine.metrics.sizes import area_range, coco_inputs
+    from flows.engine.metrics.sizes import area_range, coco_inputs, coco_records
 
     inputs = coco_inputs(gt, predictions, settings.measure)
-    anns, dets = [], []
-    for i, inp in enumerate(inputs):
-        for c, box, area in zip(inp.gt_cls, inp.gt_xywh, inp.gt_area, strict=True):
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": i + 1,
-                    "category_id": int(c) + 1,
-                    "bbox": list(map(float, box)),
-                    "area": float(area),
-                    "iscrowd": 0,
-                }
-            )
-        for c, box, sc in zip(inp.dt_cls, inp.dt_xywh, inp.dt_score, strict=True):
-            dets.append(
-                {
-                    "image_id": i + 1,
-                    "category_id": int(c) + 1,
-                    "bbox": list(map(float, box)),
-                    "score": float(sc),
-                }
-            )
+    anns, dets = coco_records(inputs)
     coco_gt = COCO(
         {
             "images": [{"id": i + 1, "width": 1280, "height": 720} for i in range(len(inputs))],

@@ -34,20 +34,18 @@ EFFECTIVE_BATCH = {6: 18, 8: 16}
 IMGSZ = 640
 EXIT_NO_CUDA = 2
 
-NO_CUDA_MESSAGE = (
-    "gpu_memory.py needs a CUDA GPU: torch.cuda.is_available() is False on this machine "
-    "(torch {torch}, built for CUDA {cuda}). Nothing was measured. "
-    "Run it on a GPU machine: python benchmarks/gpu_memory.py --device 0 (see docs/BENCHMARKS.md)."
-)
-
 
 def cuda_problem() -> str | None:
     """Why this machine cannot run the benchmark, or None when a CUDA device is there."""
-    import torch
+    from tasks.trainers.vram import cuda_missing
 
-    if torch.cuda.is_available():
+    missing = cuda_missing()
+    if missing is None:
         return None
-    return NO_CUDA_MESSAGE.format(torch=torch.__version__, cuda=torch.version.cuda or "none (CPU build)")
+    return (
+        f"gpu_memory.py needs a CUDA GPU: {missing}. Nothing was measured. "
+        "Run it on a GPU machine: python benchmarks/gpu_memory.py --device 0 (see docs/BENCHMARKS.md)."
+    )
 
 
 def epochs_for(iterations: int, n_train: int, batch: int) -> int:

@@ -130,10 +130,13 @@ def bench_env(work: Path) -> dict[str, str]:
 
     A private PREFECT_HOME keeps the benchmark's SQLite database away from anyone else's runs; the
     API URL is removed so that every flow run starts Prefect's embedded server, as a plain CLI run does.
+    ``FOD_FORWARD_ULTRALYTICS=info`` forwards the training child's Ultralytics lines (its banner, the final
+    validation's speed line) to the flow's log, where they are timed; by default they stay in train.log.
     """
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
     env.update(YOLO_OFFLINE="1", PYTHONUNBUFFERED="1", MPLBACKEND="Agg", PREFECT_HOME=str(work / "prefect"))
+    env.update(FOD_FORWARD_ULTRALYTICS="info")
     return env
 
 

@@ -72,9 +72,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flows.engine.decisions.monitors import StopTraining  # noqa: E402
+from flows.engine.decisions.stoppers import Stoppers  # noqa: E402
 from flows.engine.decisions.study import SearchStudy, StudyConfig, TrialReporter  # noqa: E402
-from flows.engine.records.results import EpochEvent, EpochRecord, TrainSpec  # noqa: E402
+from flows.engine.records.results import EpochRecord, TrainSpec  # noqa: E402
 from flows.engine.records.results_csv import best_epoch, read_results_csv  # noqa: E402
 
 CURVES = REPO.parent / "shared" / "curves"
@@ -292,12 +292,6 @@ def run_replayed(search: Search, pruner: dict[str, Any], folder: Path) -> Outcom
     run = folder / f"run-{pruner['kind']}"
     study = SearchStudy.open(study_config(search, pruner, f"sqlite:///{folder.resolve() / 'optuna.db'}"))
     while (ticket := study.next_trial()) is not None:
-        reporter = TrialReporter(ticket.hook)
-
-        def on_epoch(event: EpochEvent, reporter: TrialReporter = reporter) -> None:
-            if (reason := reporter.on_event(event)) is not None:
-                raise StopTraining(reason)
-
         spec = TrainSpec(
             node="phase3",
             role="trial",
@@ -308,7 +302,8 @@ def run_replayed(search: Search, pruner: dict[str, Any], folder: Path) -> Outcom
             args={"epochs": FULL_EPOCHS if search.mode == "prefix" else TRIAL_EPOCHS},
             run_dir=run / f"trial-{ticket.number:02d}",
         )
-        study.finish_result(ticket.number, trainer.train(spec, on_epoch))
+        spec = spec.model_copy(update={"trial_hook": ticket.hook})
+        study.finish_result(ticket.number, trainer.train(spec, Stoppers(spec)))
     return outcome_of(study)
 
 

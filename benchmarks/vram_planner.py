@@ -62,20 +62,18 @@ AUTOBATCH_FRACTION = 0.6
 GIB = float(2**30)
 EXIT_NO_CUDA = 2
 
-NO_CUDA_MESSAGE = (
-    "vram_planner.py needs a CUDA GPU: torch.cuda.is_available() is False on this machine "
-    "(torch {torch}, built for CUDA {cuda}). Nothing was measured. "
-    "Run it on a GPU machine: python benchmarks/vram_planner.py --device 0 (see docs/VRAM_PLANNER.md)."
-)
-
 
 def cuda_problem() -> str | None:
     """Why this machine cannot run the benchmark, or None when a CUDA device is there."""
-    import torch
+    from tasks.trainers.vram import cuda_missing
 
-    if torch.cuda.is_available():
+    missing = cuda_missing()
+    if missing is None:
         return None
-    return NO_CUDA_MESSAGE.format(torch=torch.__version__, cuda=torch.version.cuda or "none (CPU build)")
+    return (
+        f"vram_planner.py needs a CUDA GPU: {missing}. Nothing was measured. "
+        "Run it on a GPU machine: python benchmarks/vram_planner.py --device 0 (see docs/VRAM_PLANNER.md)."
+    )
 
 
 def make_probe(model: str, data: Path, args: argparse.Namespace, iterations: int) -> Any:

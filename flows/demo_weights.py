@@ -36,8 +36,6 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.demo_data import CLASS_NAMES, generate_demo_dataset
 from flows.engine.fsutil import atomic_write_bytes, atomic_write_text
+from tasks.trainers.offline import offline_environment
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "fod_models" / "weights"
 CHECKPOINT_NAME = "demo-yolo11n-p2.pt"
@@ -187,20 +186,6 @@ def recipe() -> Recipe:
 # --------------------------------------------------------------------------- building
 
 
-@contextmanager
-def offline() -> Iterator[None]:
-    """``YOLO_OFFLINE=1`` while Ultralytics runs: nothing may be downloaded."""
-    previous = os.environ.get("YOLO_OFFLINE")
-    os.environ["YOLO_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("YOLO_OFFLINE", None)
-        else:
-            os.environ["YOLO_OFFLINE"] = previous
-
-
 def generate(root: Path, args: GeneratorArgs) -> Path:
     """Generate one dataset with the recipe's generator arguments; return its data.yaml."""
     return generate_demo_dataset(root, **args.model_dump())
@@ -212,7 +197,7 @@ def train(recipe: Recipe, data_yaml: Path, work: Path) -> Path:
 
     from fod_models import resolve_model
 
-    with offline():
+    with offline_environment():
         model = YOLO(str(resolve_model(recipe.model)))
         model.train(data=str(data_yaml), project=str(work), name="train", exist_ok=True, **recipe.train)
     return work / "train"
@@ -279,7 +264,7 @@ def validate(checkpoint: Path, data_yaml: Path, val_args: dict[str, Any]) -> Fig
     """Validate the checkpoint on a dataset's val split with Ultralytics' own validator."""
     from ultralytics import YOLO
 
-    with offline():
+    with offline_environment():
         metrics = YOLO(str(checkpoint)).val(data=str(data_yaml), plots=False, verbose=False, **val_args)
     box = metrics.box
     return Figures(

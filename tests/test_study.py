@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, SHARED, needs_shared
 from pydantic import Field, ValidationError
 
-from flows.engine.decisions.monitors import StopTraining
+from flows.engine.decisions.stoppers import Stoppers
 from flows.engine.decisions.study import (
     SearchStudy,
     StudyConfig,
@@ -43,7 +43,7 @@ from flows.engine.plan.search_settings import (
     search_problems,
     trial_count,
 )
-from flows.engine.records.results import EpochEvent, PhaseResult, TrainSpec, ValMetrics
+from flows.engine.records.results import PhaseResult, TrainSpec, ValMetrics
 
 CURVES = SHARED / "curves"
 SPACE = {
@@ -172,12 +172,6 @@ def replay_search(
     cfg = config(tmp_path, method="grid", space=space, max_trials=len(curves), pruner=pruner, prefix=prefix)
     study = SearchStudy.open(cfg)
     while (ticket := study.next_trial()) is not None:
-        reporter = TrialReporter(ticket.hook)
-
-        def on_epoch(event: EpochEvent, reporter: TrialReporter = reporter) -> None:
-            if (reason := reporter.on_event(event)) is not None:
-                raise StopTraining(reason)
-
         spec = TrainSpec(
             node="phase3",
             role="trial",
@@ -188,7 +182,8 @@ def replay_search(
             args={"epochs": 100 if prefix else 20},
             run_dir=tmp_path / "phases" / "phase3" / f"trial-{ticket.number:02d}",
         )
-        study.finish_result(ticket.number, trainer.train(spec, on_epoch))
+        spec = spec.model_copy(update={"trial_hook": ticket.hook})
+        study.finish_result(ticket.number, trainer.train(spec, Stoppers(spec)))
     return study
 
 

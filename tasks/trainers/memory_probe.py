@@ -47,6 +47,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.engine.decisions.batch_planner import ProbeMeasurement
+from tasks.trainers.offline import offline_environment
+from tasks.trainers.vram import cuda_missing
 
 LOG = logging.getLogger(__name__)
 
@@ -76,8 +78,6 @@ DROPPED_ARGS = (
     "pretrained",
 )
 """Phase arguments the probe replaces or must not pass (it trains nothing, resumes nothing)."""
-
-NO_CUDA = "no CUDA device: torch.cuda.is_available() is False (torch {torch}, CUDA {cuda})"
 
 
 class ProbeRequest(BaseModel):
@@ -256,7 +256,7 @@ class CudaMemoryProbe:
         import torch
 
         if not torch.cuda.is_available():
-            return NO_CUDA.format(torch=torch.__version__, cuda=torch.version.cuda or "none (CPU build)")
+            return cuda_missing()
         if index >= torch.cuda.device_count():
             return f"CUDA device {index} does not exist ({torch.cuda.device_count()} device(s) visible)"
         return None
@@ -343,20 +343,6 @@ def end(process: Any) -> None:
         LOG.warning("memory probe %s ignored SIGTERM; killing it", process.pid)
         process.kill()
         process.join(TERM_GRACE_S)
-
-
-@contextlib.contextmanager
-def offline_environment() -> Iterator[None]:
-    """Spawn with ``YOLO_OFFLINE=1`` (a spawned child re-imports the parent's main module first)."""
-    previous = os.environ.get("YOLO_OFFLINE")
-    os.environ["YOLO_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("YOLO_OFFLINE", None)
-        else:
-            os.environ["YOLO_OFFLINE"] = previous
 
 
 # ---------------------------------------------------------------- child side

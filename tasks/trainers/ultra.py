@@ -19,14 +19,12 @@ message, and a child killed by a signal raises ``ChildKilled``. The training's f
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
-import os
 import queue
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from flows.engine.errors import ChildKilled, TrainingError
 from flows.engine.records.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec
 from flows.engine.records.results_csv import RecordError, median_after_first, read_results_csv
 from tasks.trainers.messages import ChildError, ChildResult
+from tasks.trainers.offline import offline_environment
 
 LOG = logging.getLogger(__name__)
 
@@ -201,24 +200,6 @@ def earlier_epochs(spec: TrainSpec) -> tuple[EpochRecord, ...]:
     except RecordError as exc:
         LOG.warning("ignoring the interrupted run's %s: %s", csv, exc)
         return ()
-
-
-@contextlib.contextmanager
-def offline_environment() -> Iterator[None]:
-    """Spawn with ``YOLO_OFFLINE=1`` in the environment the child starts with.
-
-    The child sets it again first thing, but a spawned child re-imports the parent's main module
-    before its target runs; if that module imports Ultralytics, the variable must already be there.
-    """
-    previous = os.environ.get("YOLO_OFFLINE")
-    os.environ["YOLO_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("YOLO_OFFLINE", None)
-        else:
-            os.environ["YOLO_OFFLINE"] = previous
 
 
 def terminate(process: Any, grace_s: float = TERM_GRACE_S) -> None:

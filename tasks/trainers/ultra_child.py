@@ -158,11 +158,18 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
+FORWARD_ENV = "FOD_FORWARD_ULTRALYTICS"
+"""``info``: forward Ultralytics' info lines to the parent's log too (the overhead benchmark times them);
+by default only its warnings reach the terminal and the flow run's log, everything stays in train.log."""
+
+
 class QueueLogHandler(logging.Handler):
-    """Forwards Ultralytics' warnings to the parent, one message per non-empty line, colours stripped."""
+    """Forwards Ultralytics' warnings (or, with ``FOD_FORWARD_ULTRALYTICS=info``, every line) to the parent,
+    one message per non-empty line, colours stripped."""
 
     def __init__(self, channel: Channel) -> None:
-        super().__init__(logging.WARNING)
+        level = logging.INFO if os.environ.get(FORWARD_ENV, "").lower() == "info" else logging.WARNING
+        super().__init__(level)
         self.channel = channel
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -202,3 +202,16 @@ class PeakSampler:
             if not self.sample().available:
                 return
             self._stop.wait(self.interval_s)
+
+
+def cuda_missing() -> str | None:
+    """Why torch cannot use a CUDA GPU here (no device, a CPU build), or None when it can.
+
+    One wording for every caller that needs a GPU (the memory probe, the GPU benchmarks). Imports torch.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    build = torch.version.cuda or "none (CPU build)"
+    return f"no CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, CUDA {build})"

@@ -11,10 +11,14 @@ Pure: Optuna (for a trial's pruner) is imported only when a trial reports.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from flows.engine.decisions.monitors import MonitorHit, StopTraining, check_monitors
 from flows.engine.records.results import EarlyDecision, EpochEvent, TrainSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flows.engine.decisions.early import EarlyTracker, MetricRule
 
 
 def ignore(_: str) -> None:
@@ -25,7 +29,8 @@ class Stoppers:
     """The ``on_epoch`` hook of one training: raises ``StopTraining`` when something says stop.
 
     ``history``: epochs trained before a resume (an early decision's metric bound needs every epoch from
-    the first); ``warn`` receives a monitor's warning once, ``inform`` why a trial stops.
+    the first); ``warn`` receives a monitor's warning once, ``inform`` why a trial stops; ``rules``:
+    metric → rule in place of the gate policy's for the early decision (the benchmark's held-out checks).
     """
 
     def __init__(
@@ -35,14 +40,27 @@ class Stoppers:
         *,
         warn: Callable[[str], None] = ignore,
         inform: Callable[[str], None] = ignore,
+        rules: Mapping[str, MetricRule] | None = None,
     ) -> None:
-        from flows.engine.decisions.early import tracker_for
+        from flows.engine.decisions.early import EarlyTracker, tracker_for
 
         self.spec = spec
         self.warn = warn
         self.inform = inform
         self.warned: set[str] = set()
-        self.early = tracker_for(spec.early, history) if spec.early is not None else None
+        self.early: EarlyTracker | None = None
+        if spec.early is not None and rules is None:
+            self.early = tracker_for(spec.early, history)
+        elif spec.early is not None:  # as tracker_for builds it, with these rules
+            e = spec.early
+            self.early = EarlyTracker(
+                e.gate,
+                e.reference_images_per_s,
+                gate_name=e.gate_name,
+                close_mosaic=e.close_mosaic,
+                history=history,
+                rules=rules,
+            )
         self.trial = trial_reporter(spec)
 
     def __call__(self, event: EpochEvent) -> None:

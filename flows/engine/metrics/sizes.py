@@ -302,19 +302,11 @@ def coco_inputs(gt: GroundTruth, predictions: Predictions, measure: Measure) -> 
     ]
 
 
-def run_evaluator(
-    inputs: Sequence[ImageInput],
-    gt: GroundTruth,
-    classes: Sequence[int],
-    ranges: Mapping[str, tuple[float, float]],
-    max_det: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """faster-coco-eval's (precision (T, R, K, A), recall (T, K, A)); area range 0 is ``all``."""
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    images, annotations, detections = [], [], []
-    for i, (im, inp) in enumerate(zip(gt.images, inputs, strict=True)):
-        images.append({"id": i + 1, "width": im.width, "height": im.height, "file_name": im.path})
+def coco_records(inputs: Sequence[ImageInput]) -> tuple[list[dict], list[dict]]:
+    """COCO ground-truth annotations (with the bucket measure as ``area``) and detections, image ids 1…n."""
+    annotations: list[dict] = []
+    detections: list[dict] = []
+    for i, inp in enumerate(inputs):
         for c, box, area in zip(inp.gt_cls, inp.gt_xywh, inp.gt_area, strict=True):
             annotations.append(
                 {
@@ -335,6 +327,24 @@ def run_evaluator(
                     "score": float(score),
                 }
             )
+    return annotations, detections
+
+
+def run_evaluator(
+    inputs: Sequence[ImageInput],
+    gt: GroundTruth,
+    classes: Sequence[int],
+    ranges: Mapping[str, tuple[float, float]],
+    max_det: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """faster-coco-eval's (precision (T, R, K, A), recall (T, K, A)); area range 0 is ``all``."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    images = [
+        {"id": i + 1, "width": im.width, "height": im.height, "file_name": im.path}
+        for i, im in enumerate(gt.images)
+    ]
+    annotations, detections = coco_records(inputs)
     categories = [{"id": c + 1, "name": gt.names.get(c, str(c))} for c in classes]
     coco_gt = COCO({"images": images, "annotations": annotations, "categories": categories})
     coco_dt = coco_gt.loadRes(detections)
