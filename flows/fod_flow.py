@@ -10,8 +10,11 @@ epochs done of planned as the walk goes.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 
@@ -20,6 +23,7 @@ from flows.engine.data.dataset import write_dataset_copy
 from flows.engine.decisions.walk import walk_tree
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import make_unique_dir
+from flows.engine.plan.search_settings import TrialWorkers
 from flows.engine.records.journal import (
     Journal,
     JournalingExecutor,
@@ -54,6 +58,31 @@ class PrefectExecutor:
         """One training as a task run named after the node (and trial)."""
         return cached_train_task(spec).with_options(task_run_name=spec.task_run_name)(spec, self.cfg)
 
+    def train_each(
+        self,
+        next_spec: Callable[[], TrainSpec | None],
+        on_done: Callable[[TrainSpec, PhaseResult], None],
+        workers: TrialWorkers,
+    ) -> None:
+        """Trainings side by side on the search's Dask workers: as many in flight as there are workers,
+        the next one dispatched as soon as one finishes (a pruner then already knows its epochs)."""
+        from prefect.futures import as_completed
+
+        from flows.trial_cluster import trial_runner
+
+        with trial_runner(workers) as runner:
+            width = workers.width or max(len(runner.client.scheduler_info()["workers"]), 1)
+            running: dict[Any, TrainSpec] = {}
+            while True:
+                while len(running) < width and (spec := next_spec()) is not None:
+                    task = cached_train_task(spec).with_options(task_run_name=slot_task_name(spec))
+                    running[runner.submit(task, {"spec": spec, "cfg": self.cfg})] = spec
+                    self.logger.info(f"{spec.label}: dispatched ({len(running)} of {width} workers busy)")
+                if not running:
+                    return
+                done = next(iter(as_completed(list(running))))
+                on_done(running.pop(done), done.result())
+
     def gate(self, result: GateResult) -> None:
         """Publish the gate's table."""
         publish_gate(result, self.cfg.plan.plan)
@@ -71,11 +100,40 @@ class ProgressingExecutor:
         self.artifact = artifact
 
     def train(self, spec: TrainSpec) -> PhaseResult:
-        """Train (or take the journalled result), then count its epochs."""
+        """Train (or take the journalled result), then count its epochs (and a trial as done)."""
+        progress = self.artifact.progress
+        if spec.role == "trial":
+            progress.trial_started()
         result = self.inner.train(spec)
-        self.artifact.progress.trained(spec.node, result.epochs_done)
+        progress.trained(spec.node, result.epochs_done)
+        if spec.role == "trial":
+            progress.trial_finished(pruned=(result.reason or "").startswith("pruned"))
         self.artifact.update()
         return result
+
+    def train_each(
+        self,
+        next_spec: Callable[[], TrainSpec | None],
+        on_done: Callable[[TrainSpec, PhaseResult], None],
+        workers: TrialWorkers,
+    ) -> None:
+        """Side by side, counting trials running and done and each training's epochs as it finishes."""
+        progress = self.artifact.progress
+
+        def dispatched() -> TrainSpec | None:
+            spec = next_spec()
+            if spec is not None:
+                progress.trial_started()
+                self.artifact.update()
+            return spec
+
+        def counted(spec: TrainSpec, result: PhaseResult) -> None:
+            progress.trained(spec.node, result.epochs_done)
+            progress.trial_finished(pruned=(result.reason or "").startswith("pruned"))
+            self.artifact.update()
+            on_done(spec, result)
+
+        self.inner.train_each(dispatched, counted, workers)
 
     def gate(self, result: GateResult) -> None:
         """Gates train nothing: passed through."""
@@ -86,6 +144,18 @@ class ProgressingExecutor:
         self.inner.enter(node, index)
         self.artifact.progress.enter(node)
         self.artifact.update()
+
+
+def slot_task_name(spec: TrainSpec) -> Callable[[], str]:
+    """The task run's name, made where the task runs: the trial and the worker's GPU (``FOD_SLOT``)."""
+
+    def name() -> str:
+        from flows.trial_cluster import SLOT_ENV
+
+        slot = os.environ.get(SLOT_ENV)
+        return f"{spec.task_run_name}-{slot}" if slot else spec.task_run_name
+
+    return name
 
 
 def run_identity(cfg: RunConfig) -> RunIdentity:

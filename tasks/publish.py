@@ -55,6 +55,8 @@ class WalkProgress:
     force: dict[str, Any] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
     epochs: dict[str, int] = field(default_factory=dict)
+    trials: dict[str, int] = field(default_factory=lambda: {"done": 0, "running": 0, "pruned": 0})
+    """A search's trials: finished, training right now (side by side), and pruned among the finished."""
     finished: bool = False
     _memo: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
@@ -65,6 +67,16 @@ class WalkProgress:
     def trained(self, node: str, epochs: int) -> None:
         """A training of ``node`` (a phase, a trial or a full run) ended after ``epochs`` epochs."""
         self.epochs[node] = self.epochs.get(node, 0) + max(epochs, 0)
+
+    def trial_started(self) -> None:
+        """A trial was dispatched (side by side: several run at once)."""
+        self.trials["running"] += 1
+
+    def trial_finished(self, pruned: bool) -> None:
+        """A trial ended (``pruned``: its pruner stopped it)."""
+        self.trials["running"] = max(self.trials["running"] - 1, 0)
+        self.trials["done"] += 1
+        self.trials["pruned"] += int(pruned)
 
     def finish(self) -> None:
         """The walk ended at its terminal."""
@@ -114,6 +126,9 @@ class WalkProgress:
             f"{self.plan.plan}: {self.nodes_done} of {self.nodes_planned} nodes, "
             f"{self.epochs_done} of {self.epochs_planned} epochs done"
         )
+        if self.trials["done"] or self.trials["running"]:
+            t = self.trials
+            text += f"; trials {t['done']} done ({t['pruned']} pruned), {t['running']} running"
         if self.finished:
             return f"{text}; terminal {self.path[-1]}"
         return f"{text}; at {self.path[-1]}" if self.path else text

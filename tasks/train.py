@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,8 +31,9 @@ from flows.engine.decisions.batch_planner import BatchPlan
 from flows.engine.decisions.stoppers import Stoppers
 from flows.engine.errors import ChildKilled, TrainingError
 from flows.engine.fsutil import atomic_write_text
-from flows.engine.records.journal import code_version
+from flows.engine.records.journal import code_version, resume_point
 from flows.engine.records.results import EarlyDecision, EpochEvent, PhaseResult, TrainSpec
+from flows.trial_cluster import LEASE_ENV, SLOT_ENV
 
 
 class Trainer(Protocol):
@@ -148,12 +151,19 @@ class EventLog:
         return [events[e] for e in sorted(events)]
 
 
+DEFAULT_LEASE_S = 300.0
+"""Prefect's own lease of a concurrency slot; a search's workers use a shorter one (``TrialWorkers``)."""
+
+
 def gpu_slots(spec: TrainSpec) -> list[str]:
     """Global concurrency limits a training takes: one slot per GPU it uses (``gpu-0``, ``gpu-1``…).
 
     A server-side limit of 1 per GPU (``prefect gcl create gpu-0 --limit 1``) makes flows queue for
-    a card instead of fighting over it. CPU runs take no slot.
+    a card instead of fighting over it. CPU runs take no slot, except on a search's worker, which
+    names its accelerator (``FOD_SLOT``: the GPU it sees as device 0, or a CPU worker's ``cpu-N``).
     """
+    if slot := os.environ.get(SLOT_ENV):
+        return [slot]
     device = spec.args.get("device")
     text = "0" if device is None else str(device).lower().replace("cuda:", "")
     if text in ("cpu", "mps"):
@@ -175,6 +185,8 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
     killed by a signal is retried once, from its last.pt.
     """
     logger = get_run_logger()
+    started = time.time()
+    spec = resume_point(spec, checkpoint_check(cfg), logger.info)  # re-queued from a lost worker, too
     reporter = EpochReporter(spec)
     logger.info(f"{reporter.label}: {spec.epochs} epochs of {spec.model.name}, args {spec.args}")
     trainer = make_trainer(cfg, log=logger.info)
@@ -192,6 +204,8 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
         else:
             found = {"batch_plan": plan, "early_decision": reporter.early_decision}
             result = result.model_copy(update={k: v for k, v in found.items() if v is not None})
+    where = {"started_at": started, "finished_at": time.time(), "slot": ", ".join(gpu_slots(spec)) or None}
+    result = result.model_copy(update=where)
     save_result(result, spec)
     logger.info(
         f"{reporter.label}: {result.status}, mAP50-95 {result.metrics.map50_95}, "
@@ -203,14 +217,16 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
 @contextlib.contextmanager
 def gpu_slots_held(spec: TrainSpec, cfg: RunConfig, log: Callable[[str], None]) -> Iterator[None]:
     """Hold the GPU slots a real training needs (none for CPU and for replays)."""
-    slots = gpu_slots(spec) if cfg.replay is None else []
+    slots = gpu_slots(spec) if cfg.replay is None or os.environ.get(SLOT_ENV) else []
     if not slots:
         yield
         return
     from prefect.concurrency.sync import concurrency
 
     log(f"{spec.label}: waiting for {', '.join(slots)}")
-    with concurrency(slots, occupy=1):
+    lease = float(os.environ.get(LEASE_ENV, DEFAULT_LEASE_S))
+    with concurrency(slots, occupy=1, lease_duration=lease):
+        log(f"{spec.label}: holding {', '.join(slots)}")
         yield
 
 

@@ -33,6 +33,7 @@ Pure: no torch, Ultralytics or Prefect.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -69,9 +70,12 @@ class ReplayTrainer:
         speeds = epoch_speeds(recorded, entry)
         stop_reason = None
         done = resumed_epochs(spec)
+        pause = epoch_pauses(recorded, entry)
         for index, record in enumerate(recorded):
             if index < done:
                 continue  # replayed before the interruption: like Ultralytics' resume, not trained again
+            if pause[index]:
+                time.sleep(pause[index])
             last = index == len(recorded) - 1
             try:
                 on_epoch(
@@ -92,6 +96,7 @@ class ReplayTrainer:
                 break
             save_last_checkpoint(spec, record.epoch)
             kill_point(f"epoch:{spec.node}:{record.epoch}")
+            kill_point(f"epoch:{spec.key}:{record.epoch}")  # one trial's process (a worker, side by side)
         weights, results_csv = write_run_files(spec, entry, recorded)
         result = build_result(spec, entry, recorded, weights=weights, results_csv=results_csv)
         if stop_reason is not None:
@@ -126,6 +131,17 @@ def resumed_epochs(spec: TrainSpec) -> int:
         if line.startswith("epoch:") and line.split(":", 1)[1].strip().isdigit():
             return int(line.split(":", 1)[1])
     return 0
+
+
+def epoch_pauses(records: Sequence[EpochRecord], entry: RunEntry) -> list[float]:
+    """Seconds a replayed epoch takes: ``epoch_seconds``, or the record's durations × ``time_scale``."""
+    if entry.epoch_seconds is not None:
+        return [entry.epoch_seconds] * len(records)
+    if entry.time_scale is not None:
+        durations = epoch_durations(records)
+        if len(durations) == len(records):
+            return [max(d, 0.0) * entry.time_scale for d in durations]
+    return [0.0] * len(records)
 
 
 def adjust_records(records: Sequence[EpochRecord], entry: RunEntry) -> tuple[EpochRecord, ...]:

@@ -389,16 +389,19 @@ class SearchStudy:
         self.study.set_user_attr(ENQUEUED, len(points))
 
     # ---------------------------------------------------------------- hand out
-    def next_trial(self, *, reclaim_running: bool = True) -> TrialTicket | None:
+    def next_trial(
+        self, *, reclaim_running: bool = True, exclude: frozenset[int] = frozenset()
+    ) -> TrialTicket | None:
         """The trial to train next, or None when every trial is handed out.
 
         ``reclaim_running``: an unfinished (RUNNING) trial is handed out again first, with its number,
         to continue from its last.pt. Right when one walk owns the search (the run lock makes sure):
-        a RUNNING trial then was interrupted. Workers that share a study with others pass False.
+        a RUNNING trial then was interrupted — unless it is in ``exclude``, the trials this walk is
+        training right now (side by side). Workers that share a study with others pass False.
         """
         trials = self._trials()
         if reclaim_running:
-            running = [t for t in trials if t.state.name == "RUNNING"]
+            running = [t for t in trials if t.state.name == "RUNNING" and t.number not in exclude]
             if running:
                 return self._ticket(min(running, key=lambda t: t.number), resumed=True)
         if self.config.fixed:

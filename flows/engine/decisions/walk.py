@@ -6,7 +6,7 @@ flow, plain calls in tests), so this walk is the same code whatever runs the pha
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -184,6 +184,37 @@ def trial_spec(cfg: RunConfig, run_dir: Path, name: str, number: int, point: dic
     return search_spec(cfg, run_dir, name, point, number).model_copy(update={"trial_hook": hook})
 
 
+def run_trials(
+    ex: Executor, study: Any, make_spec: Callable[[Any], TrainSpec], node: SearchNode
+) -> dict[int, PhaseResult]:
+    """Train the trials the study hands out: one after another, or side by side when the search has
+    workers and the executor can dispatch (``train_each``). Each finished trial is journalled (by the
+    executor) before the study is told, so a re-run finds it either way."""
+    results: dict[int, PhaseResult] = {}
+    in_flight: set[int] = set()
+
+    def next_spec() -> TrainSpec | None:
+        ticket = study.next_trial(exclude=frozenset(in_flight))
+        if ticket is None:
+            return None
+        in_flight.add(ticket.number)
+        return make_spec(ticket)
+
+    def finished(spec: TrainSpec, result: PhaseResult) -> None:
+        number = spec.trial if spec.trial is not None else -1
+        in_flight.discard(number)
+        results[number] = result
+        study.finish_result(number, result)
+
+    train_each = getattr(ex, "train_each", None)
+    if node.workers is not None and train_each is not None:
+        train_each(next_spec, finished, node.workers)
+    else:
+        while (spec := next_spec()) is not None:
+            finished(spec, ex.train(spec))
+    return results
+
+
 def run_search(
     cfg: RunConfig, run_dir: Path, name: str, node: SearchNode, ex: Executor, state: WalkState
 ) -> PhaseResult:
@@ -200,12 +231,7 @@ def run_search(
     state.notes.append(design_line(name, node))
     search_dir = run_dir / "phases" / name
     study = SearchStudy.open(study_config(node, node_name=name, run_id=run_dir.name, search_dir=search_dir))
-    results: dict[int, PhaseResult] = {}
-    while (ticket := study.next_trial()) is not None:
-        results[ticket.number] = ex.train(
-            trial_spec(cfg, run_dir, name, ticket.number, ticket.point, ticket.hook)
-        )
-        study.finish_result(ticket.number, results[ticket.number])  # journalled first: a re-run finds it
+    results = run_trials(ex, study, lambda t: trial_spec(cfg, run_dir, name, t.number, t.point, t.hook), node)
     for record in study.trials():  # finished before an interruption: the journal answers, nothing trains
         if record.number not in results:
             hook = study.config.hook(record.number)

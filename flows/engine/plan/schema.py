@@ -15,7 +15,14 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from flows.engine.base import Strict, check_inside, check_path_text, parse_fraction
 from flows.engine.decisions.batch_planner import BatchPlanSettings
 from flows.engine.metrics.buckets import EvaluationSettings
-from flows.engine.plan.search_settings import FullRun, NoPruner, PrunerSettings, StudySettings, TrialSchedule
+from flows.engine.plan.search_settings import (
+    FullRun,
+    NoPruner,
+    PrunerSettings,
+    StudySettings,
+    TrialSchedule,
+    TrialWorkers,
+)
 
 MetricName = Literal["precision", "recall", "map50", "map50_95"]
 SpeedFigure = Literal["images_per_s"]
@@ -168,6 +175,10 @@ class SearchNode(Strict):
     pruner: PrunerSettings = Field(default_factory=NoPruner, description="Optuna's pruner for the trials.")
     study: StudySettings = Field(
         default_factory=StudySettings, description="The Optuna study: storage, name, sampler settings."
+    )
+    workers: TrialWorkers | None = Field(
+        default=None,
+        description="Trials side by side on a Dask cluster, one per GPU (None: one after another).",
     )
     monitors: list[Monitor] = Field(default_factory=list)
     on_error: OnError = Field(

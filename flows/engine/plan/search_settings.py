@@ -546,3 +546,44 @@ def describe_sampler_design(design: DesignLike, sampler: SamplerSettings) -> str
     if design.method in ("tpe", "gp"):
         text += f"; the first {min(sampler.startup_trials, n)} at random"
     return text
+
+
+class TrialWorkers(Strict):
+    """A search's trials side by side on a Dask cluster: one trial per worker, one worker per GPU.
+
+    ``devices``: GPUs of this machine, one worker each (its ``CUDA_VISIBLE_DEVICES`` is that GPU, so a
+    trial trains on its ``device: 0``); ``cpu``: that many CPU-only workers (machines without a GPU,
+    tests); ``address``: an existing scheduler (``tcp://host:8786``) whose workers were started as
+    docs/operations.md says (one thread each, ``FOD_SLOT`` naming their GPU). Every worker holds its
+    slot's Prefect concurrency limit (``gpu-N``) while it trains, so no trial lands on a GPU that is
+    already training, whoever started that training.
+    """
+
+    devices: list[int] = Field(default_factory=list)
+    cpu: int = Field(default=0, ge=0, le=64)
+    address: str | None = None
+    lease_s: float = Field(
+        default=60.0,
+        ge=10,
+        le=3600,
+        description="Seconds a dead worker's GPU slot stays held before it expires (leases are renewed).",
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _distinct(cls, devices: list[int]) -> list[int]:
+        if len(set(devices)) != len(devices) or any(d < 0 for d in devices):
+            raise ValueError(f"devices must be distinct GPU indices ≥ 0, got {devices}")
+        return devices
+
+    @property
+    def width(self) -> int:
+        """How many trials run at once (0: as many as an existing cluster has workers)."""
+        return len(self.devices) or self.cpu
+
+    def problem(self) -> str | None:
+        """Why these settings name no cluster, or two at once."""
+        given = [bool(self.devices), bool(self.cpu), self.address is not None]
+        if sum(given) != 1:
+            return "give exactly one of devices (GPUs, one worker each), cpu (CPU workers) or address"
+        return None

@@ -229,6 +229,28 @@ def set_aside(path: Path) -> Path:
     return target
 
 
+def resume_point(
+    spec: TrainSpec, checkpoint_problem: Callable[[Path], str | None], log: Callable[[str], None]
+) -> TrainSpec:
+    """The spec resumed from its own interrupted last.pt when there is a whole one, else as it is.
+
+    A torn last.pt (Ultralytics writes it in one non-atomic write) is set aside, never deleted, and the
+    training starts over. Called before a training is dispatched, and again where it runs (a trial
+    re-queued from a lost worker continues from the checkpoint that worker left).
+    """
+    if spec.resume_from is not None:
+        return spec
+    last = spec.run_dir / "weights" / "last.pt"
+    if not last.is_file():
+        return spec
+    if problem := checkpoint_problem(last):
+        aside = set_aside(last)
+        log(f"{spec.key}: cannot resume ({problem}); kept it as {aside.name} and training from the start")
+        return spec
+    log(f"{spec.key}: resuming the interrupted training from {last}")
+    return spec.model_copy(update={"resume_from": last})
+
+
 class JournalingExecutor:
     """Wraps an executor: finished steps come from the journal, new ones are recorded after they finish.
 
@@ -254,31 +276,61 @@ class JournalingExecutor:
 
     def train(self, spec: TrainSpec) -> PhaseResult:
         """Return the recorded result, or train (resuming from last.pt when there is one) and record it."""
-        key = spec.key
-        entry = self.done.get(key)
+        found = self.finished_result(spec)
+        if found is not None:
+            return found
+        try:
+            result = self.inner.train(resume_point(spec, self.checkpoint_problem, self.log))
+        except TrainingError as exc:
+            self.journal.record_error(spec.key, str(exc))
+            raise
+        self.record(spec, result)
+        return result
+
+    def train_each(
+        self,
+        next_spec: Callable[[], TrainSpec | None],
+        on_done: Callable[[TrainSpec, PhaseResult], None],
+        workers: Any,
+    ) -> None:
+        """Trainings side by side (a search's trials on ``workers``): journalled ones answer at once, the
+        others are dispatched by the inner executor and recorded as each finishes."""
+
+        def next_to_train() -> TrainSpec | None:
+            while (spec := next_spec()) is not None:
+                found = self.finished_result(spec)
+                if found is None:
+                    return resume_point(spec, self.checkpoint_problem, self.log)
+                on_done(spec, found)
+            return None
+
+        def finished(spec: TrainSpec, result: PhaseResult) -> None:
+            self.record(spec, result)
+            on_done(spec, result)
+
+        try:
+            self.inner.train_each(next_to_train, finished, workers)
+        except TrainingError as exc:
+            self.journal.record_error(exc.run, str(exc))
+            raise
+
+    def finished_result(self, spec: TrainSpec) -> PhaseResult | None:
+        """The result of a training this run already finished (journalled, or saved but not journalled)."""
+        entry = self.done.get(spec.key)
         if entry is not None and entry.result is not None:
-            self.log(f"{key}: already finished in this run; not trained again")
+            self.log(f"{spec.key}: already finished in this run; not trained again")
             return entry.result
         saved = spec.run_dir / "phase_result.json"
         if saved.is_file():  # finished, but killed before its journal line
             result = PhaseResult.model_validate_json(saved.read_text(encoding="utf-8"))
             self.journal.record_train(spec, result)
             return result
-        last = spec.run_dir / "weights" / "last.pt"
-        if last.is_file() and (problem := self.checkpoint_problem(last)):
-            aside = set_aside(last)
-            self.log(f"{key}: cannot resume ({problem}); kept it as {aside.name} and training from the start")
-        elif last.is_file():
-            self.log(f"{key}: resuming the interrupted training from {last}")
-            spec = spec.model_copy(update={"resume_from": last})
-        try:
-            result = self.inner.train(spec)
-        except TrainingError as exc:
-            self.journal.record_error(key, str(exc))
-            raise
-        kill_point(f"journal:{key}")
+        return None
+
+    def record(self, spec: TrainSpec, result: PhaseResult) -> None:
+        """Journal a finished training (the kill point sits between the training and its line)."""
+        kill_point(f"journal:{spec.key}")
         self.journal.record_train(spec, result)
-        return result
 
     def gate(self, result: GateResult) -> None:
         """Publish and record a gate."""

@@ -60,6 +60,10 @@ class RunEntry(BaseModel):
     batch_used: int | None = Field(default=None, ge=1)
     scale_map: float | None = Field(default=None, gt=0)
     offset_map50_95: float | None = Field(default=None, ge=-1, le=1)
+    epoch_seconds: float | None = Field(default=None, ge=0, le=3600)
+    """Wall seconds each replayed epoch takes (the replay sleeps): trials side by side overlap in time."""
+    time_scale: float | None = Field(default=None, gt=0, le=1)
+    """Sleep the record's own epoch durations (its ``time`` column) times this: real relative durations."""
     evaluation: Evaluation | None = None
     """An evaluation by object size and class to report for the run: the path (relative to the SPEC) of a
     JSON written by ``python -m tasks.trainers.evaluate … --json``; read once, with the SPEC."""

@@ -230,6 +230,10 @@ class PhaseResult(RunRef):
     nvml_peak_used_gb: float | None = None
     gpu_name: str | None = None
     wall_s: float | None = None
+    started_at: float | None = None
+    """Wall-clock start and end of the training (Unix seconds), and the slot it held (``gpu-1``)."""
+    finished_at: float | None = None
+    slot: str | None = None
     weights: Path | None = None
     results_csv: Path | None = None
     args: dict[str, object] = Field(default_factory=dict)

@@ -1,0 +1,93 @@
+"""The Dask cluster a search's trials run on, side by side: one worker per GPU, one trial per worker.
+
+Why Dask through ``prefect-dask`` (docs/operations.md compares it with Ray and with deployment runs on a
+work pool): each trial stays a Prefect task run (named by trial, logged, cached, journalled) and a
+training child process of its own; a worker that dies mid-trial has its task re-queued by the Dask
+scheduler onto another worker, where the trial continues from the ``last.pt`` it left (the train task
+resumes from a whole checkpoint it finds); and one worker per GPU needs nothing but each worker's
+``CUDA_VISIBLE_DEVICES``, which is what dask-cuda's cluster does too.
+
+Each worker runs one task at a time (one thread) and names its accelerator in ``FOD_SLOT`` (``gpu-N``,
+or ``cpu-N`` for CPU-only workers); the train task holds the Prefect global concurrency limit of that
+name while it trains, so no trial lands on a GPU that is already training, whoever started that
+training (another flow run, another machine). The slot is a lease: a worker that dies gives it back
+after ``lease_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from flows.engine.plan.search_settings import TrialWorkers
+
+SLOT_ENV = "FOD_SLOT"
+"""The accelerator a worker trains on (``gpu-0``…): the Prefect concurrency limit its trainings hold."""
+LEASE_ENV = "FOD_SLOT_LEASE_S"
+"""Seconds a slot's lease lasts unless renewed (a dead worker's slot frees itself after this)."""
+PASSED_ENV = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY", "PREFECT_HOME")
+
+
+def worker_slots(workers: TrialWorkers) -> list[tuple[str, str]]:
+    """(slot, CUDA_VISIBLE_DEVICES) of each local worker: a GPU each, or CPU-only workers."""
+    if workers.devices:
+        return [(f"gpu-{d}", str(d)) for d in workers.devices]
+    return [(f"cpu-{i}", "") for i in range(workers.cpu)]
+
+
+def worker_env(slot: str, visible: str, workers: TrialWorkers) -> dict[str, str]:
+    """A worker's environment: its slot, its one GPU, and the Prefect API the flow run reports to."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    if (url := PREFECT_API_URL.value()) is not None:
+        env["PREFECT_API_URL"] = str(url)  # the embedded server's too, which the environment lacks
+    if (auth := PREFECT_API_AUTH_STRING.value()) is not None:
+        env["PREFECT_API_AUTH_STRING"] = (
+            auth.get_secret_value() if hasattr(auth, "get_secret_value") else auth
+        )
+    env.update({SLOT_ENV: slot, LEASE_ENV: str(workers.lease_s), "YOLO_OFFLINE": "1"})
+    env["CUDA_VISIBLE_DEVICES"] = visible
+    return env
+
+
+def local_cluster(workers: TrialWorkers) -> Any:
+    """A Dask cluster on this machine: one single-threaded worker process (under a nanny) per slot.
+
+    Worker processes are not daemons: a training runs in a child process of its own (so that a cancel
+    or a kill gives the GPU back), and a daemonic process may not start one. A worker restarted by its
+    nanny reads the same setting.
+    """
+    import dask
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    dask.config.set({"distributed.worker.daemon": False})
+    specs = {
+        f"trial-worker-{slot}": {
+            "cls": Nanny,
+            "options": {"nthreads": 1, "env": worker_env(slot, visible, workers), "name": slot},
+        }
+        for slot, visible in worker_slots(workers)
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=40, name="fod-trials")
+
+
+@contextlib.contextmanager
+def trial_runner(workers: TrialWorkers) -> Iterator[Any]:
+    """A started ``DaskTaskRunner`` over the search's workers: a local cluster made (and closed) here,
+    or the existing cluster at ``workers.address``."""
+    from prefect_dask import DaskTaskRunner
+
+    if workers.address is not None:
+        with DaskTaskRunner(address=workers.address) as runner:
+            yield runner
+        return
+    cluster = local_cluster(workers)
+    try:
+        with DaskTaskRunner(cluster=cluster) as runner:
+            yield runner
+    finally:
+        cluster.close()
