@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         "GPU-hours per branch (without it, the speeds of an earlier run of this plan are used, if any)",
     )
     p.add_argument(
+        "--probe-batch",
+        action="store_true",
+        help="with --dry-run: measure the planned phases' batch on their device now (batch_plan:) and "
+        "print the measurements and the choice; exit 2 when a budget fits no batch",
+    )
+    p.add_argument(
         "--replay",
         type=Path,
         metavar="SPEC",
@@ -166,7 +172,9 @@ def probed_speeds(cfg: RunConfig) -> dict[str, NodeSpeed]:
         return probe_speeds(specs, cfg.dataset.splits["train"].images)
 
 
-def describe_plan(cfg: RunConfig, speeds: dict[str, NodeSpeed] | None = None) -> str:
+def describe_plan(
+    cfg: RunConfig, speeds: dict[str, NodeSpeed] | None = None, batches: dict[str, Any] | None = None
+) -> str:
     """What --dry-run prints: tree, gate rules, planned epochs per branch."""
     plan = cfg.plan
     lines = [f"plan {plan.plan} ({cfg.request.plan}), profile {cfg.request.profile}", ""]
@@ -186,7 +194,7 @@ def describe_plan(cfg: RunConfig, speeds: dict[str, NodeSpeed] | None = None) ->
     lines.append(f"  best case {min(totals)} epochs, worst case {max(totals)} epochs")
     speeds = earlier_run_speeds(cfg) if speeds is None else speeds
     lines += ["", *describe_costs(branch_costs(cfg.plan, cfg.force, speeds), speeds)]
-    lines += batch_plan_text(cfg)
+    lines += batch_plan_text(cfg, batches)
     if cfg.data_profile is not None:
         from flows.engine.data.profile import render_text
 
@@ -196,20 +204,52 @@ def describe_plan(cfg: RunConfig, speeds: dict[str, NodeSpeed] | None = None) ->
     return "\n".join(lines)
 
 
-def batch_plan_text(cfg: RunConfig) -> list[str]:
-    """For each phase whose batch is planned on the device: how it will be planned."""
-    from flows.engine.decisions.batch_planner import describe_settings
+def batch_plan_text(cfg: RunConfig, probed: dict[str, Any] | None = None) -> list[str]:
+    """For each phase whose batch is planned on the device: how it will be planned, or (``probed``) the
+    measurements and the choice."""
+    from flows.engine.decisions.batch_planner import describe_settings, render_batch_plan
 
     lines = []
     for name, node in cfg.plan.nodes.items():
         settings = cfg.batch_plan_of(name) if node.kind == "train" else None
-        if settings is not None:
-            fixed = cfg.args_for(name).get("batch", 16)
-            text = describe_settings(
-                settings, fixed_batch=fixed, effective_batch=cfg.effective_batch_of(name)
-            )
-            lines.append(f"  {name}: {text}")
+        if settings is None:
+            continue
+        if probed is not None and name in probed:
+            lines += [f"  {name}: {line}" for line in render_batch_plan(probed[name])]
+            continue
+        fixed = cfg.args_for(name).get("batch", 16)
+        text = describe_settings(settings, fixed_batch=fixed, effective_batch=cfg.effective_batch_of(name))
+        lines.append(f"  {name}: {text}")
     return ["", "batch plans:", *lines] if lines else []
+
+
+def probed_batches(cfg: RunConfig) -> dict[str, Any]:
+    """The batch planner run now on each planned phase's device (``--probe-batch``)."""
+    import tempfile
+
+    from flows.engine.data.dataset import write_dataset_copy
+    from flows.engine.decisions.batch_planner import plan_batch
+    from flows.engine.decisions.walk import train_spec
+    from tasks.trainers.memory_probe import CudaMemoryProbe
+
+    plans = {}
+    with tempfile.TemporaryDirectory(prefix="fod-batch-probe-") as tmp:
+        write_dataset_copy(cfg.dataset, Path(tmp))
+        for name, node in cfg.plan.nodes.items():
+            settings = cfg.batch_plan_of(name) if node.kind == "train" else None
+            if settings is None:
+                continue
+            spec = train_spec(cfg, Path(tmp), name)
+            probe = CudaMemoryProbe.for_spec(spec, settings, device=str(spec.args.get("device", "0")))
+            fixed = spec.args.get("batch")
+            plans[name] = plan_batch(
+                settings,
+                probe,
+                fixed_batch=fixed if isinstance(fixed, int) else 16,
+                effective_batch=spec.effective_batch,
+                where=f"nodes.{name}.batch_plan",
+            )
+    return plans
 
 
 def describe_condition(cond: Any) -> str:
@@ -255,8 +295,12 @@ def run_cli(argv: list[str] | None = None) -> int:
             print(problem.line(), file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        print(describe_plan(cfg, probed_speeds(cfg) if args.probe_speed else None))
-        return 0
+        batches = probed_batches(cfg) if args.probe_batch else None
+        print(describe_plan(cfg, probed_speeds(cfg) if args.probe_speed else None, batches))
+        failed = [p for p in (batches or {}).values() if p.failed]
+        for plan in failed:
+            print(f"{request.plan}: {plan.where}: {plan.reason}", file=sys.stderr)
+        return EXIT_BAD_INPUT if failed else 0
     started = time.monotonic()
     try:
         decision = run_flow(cfg)

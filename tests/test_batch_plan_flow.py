@@ -103,3 +103,35 @@ def test_without_a_gpu_the_fixed_batch_trains_and_the_report_says_why(tmp_path, 
     assert saved["status"] == "fallback"
     report = (run_dir / "REPORT.md").read_text(encoding="utf-8")
     assert "## Batch plans (VRAM planner)" in report and "not a CUDA GPU" in report
+
+
+def test_dry_run_probe_batch_shows_the_measurement_or_why_there_is_none(tmp_path, demo_data):
+    """--dry-run --probe-batch runs the planner now: on this machine it says there is no GPU to measure."""
+    import subprocess
+    import sys
+
+    def plan_phase1(doc):
+        doc["nodes"]["phase1"]["batch_plan"] = {"budget_gb": 18}
+
+    plan = plan_with(tmp_path, ONE_PHASE, plan_phase1)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.optimize",
+            "--plan",
+            str(plan),
+            "--data",
+            str(demo_data),
+            "--dry-run",
+            "--probe-batch",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    [line] = [ln for ln in out.stdout.splitlines() if ln.startswith("  phase1: batch not planned")]
+    assert "not a CUDA GPU" in line and "fixed batch 8 is used" in line and "8 × 2 = effective 16" in line
