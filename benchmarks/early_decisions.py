@@ -13,12 +13,19 @@ would have passed, and must still save GPU time. This script measures both on th
 (b) Trees. A seeded generator builds whole-tree scenarios of the shipped plan (phase1 -> gate1 -> phase2
     -> gate2 -> phase3 search -> gate3): for each phase a completed curve with its own planned epochs,
     an ``offset_map50_95`` that puts its final figure ``gap`` away from the gate's minimum, images/s and
-    NVML peaks around the gate's bounds; 9 trials of 20 epochs from any curve. Each scenario is walked
-    twice with the real engine (``walk_tree`` + ``ReplayTrainer``): naively, and with the gates' early
-    policy applied in ``on_epoch`` through ``EarlyTracker``. Reported: same terminal (and path), GPU-epochs
-    as a share of the naive walk, overall and where a gate is lost.
+    NVML peaks around the gate's bounds; Phase 3's nine trials a search of benchmarks/pruned_search.py
+    (drawn from its held-out pool), and the full run of each trial's point shifted by what that point is
+    worth. Each scenario is walked by the real engine (``walk_tree`` + ``ReplayTrainer``; every training
+    under its own ``Stoppers(spec)``: trial pruner and prefix end, monitors, early decision; the study on
+    Optuna's in-memory storage, or ``--storage sqlite``) in the variants of ``VARIANTS``: naive (the seed
+    plan: no early decisions, short trials, the full run restarted), the shipped engine (safe, prefix
+    trials, the best continues), each component alone, with successive halving, aggressive, held-out.
+    GPU-epochs are the epochs the trainer delivered. Reported: same terminal (and path) as the naive
+    walk, GPU-epochs as a share of its, overall, where a gate is lost and per role.
+(c) Throughput: early images/s against the whole run's, from the records' clocks.
 
-Run:  .venv/bin/python benchmarks/early_decisions.py [--scenarios 300] [--seed 0] [--out FILE.json]
+Run:  .venv/bin/python benchmarks/early_decisions.py [--scenarios 300] [--timed-scenarios 100] [--seed 0]
+      [--skip-pairs | --skip-trees] [--variants ...] [--storage memory|sqlite] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -474,7 +481,30 @@ VARIANTS = (
 (no early decisions, 9 short trials, the full run restarted); engine: the shipped plan (safe, prefix
 trials, the best continues, no pruner)."""
 VARIANT = {v.name: v for v in VARIANTS}
-TIMED_VARIANTS = ("naive", "early only", "engine", "engine + SH")
+
+
+def without_early(variant: Variant) -> str | None:
+    """The walk with the same Phase 3 settings and no early decisions (the naive walk for the seed's)."""
+    same = (variant.schedule, variant.full_run, variant.pruner)
+    return next(
+        (
+            v.name
+            for v in VARIANTS
+            if v.early == "off" and not v.held_out and (v.schedule, v.full_run, v.pruner) == same
+        ),
+        None,
+    )
+
+
+TIMED_VARIANTS = (
+    "naive",
+    "early only",
+    "search only",
+    "search only + SH",
+    "engine",
+    "engine + SH",
+    "engine + SH, continued run seeded",
+)
 
 
 def scenario_plan(base: Any, scenario: Scenario, variant: Variant, storage: str | None) -> Any:
@@ -829,6 +859,8 @@ def tree_summary(rows: Sequence[dict[str, Any]], variant: Variant) -> dict[str, 
 
     lost = [r for r in rows if r["naive"]["lost"]]
     searched = [r for r in rows if r["naive"]["winner"] is not None and r[name]["winner"] is not None]
+    twin = without_early(variant) if variant.early != "off" else None
+    twin = twin if twin is not None and rows and twin in rows[0] else None
     decisions = [d for r in rows for d in r[name]["decisions"]]
     checks = Counter(f"{d['subject']}:{d['check']}" for d in decisions)
     return {
@@ -837,6 +869,10 @@ def tree_summary(rows: Sequence[dict[str, Any]], variant: Variant) -> dict[str, 
         "scenarios": len(rows),
         "same_terminal": sum(r[name]["terminal"] == r["naive"]["terminal"] for r in rows) / len(rows),
         "same_path": sum(r[name]["path"] == r["naive"]["path"] for r in rows) / len(rows),
+        "without_early": twin,
+        "same_terminal_without_early": (
+            sum(r[name]["terminal"] == r[twin]["terminal"] for r in rows) / len(rows) if twin else None
+        ),
         "mismatches": [
             {"seed": r["seed"], "naive": r["naive"]["terminal"], "walk": r[name]["terminal"]}
             for r in rows
@@ -909,15 +945,17 @@ def tree_table(summary: dict[str, Any]) -> str:
     """Markdown: the whole-tree figures per walk, against the naive walk."""
     lines = [
         "| walk | early | Phase 3 (trials, full run, pruner) | same terminal | same path "
-        "| GPU-epochs vs naive: all | gate lost | none lost |",
-        "|---|---|---|---|---|---|---|---|",
+        "| same terminal as without early decisions | GPU-epochs vs naive: all | gate lost | none lost |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
         if name == "ceiling":
             continue
         v = VARIANT[name]
         early = v.early + (", held-out" if v.held_out else "") + (", seeded" if v.seeded_continue else "")
-        same = f"{s['same_terminal']:.1%} | {s['same_path']:.1%}"
+        twin = s["same_terminal_without_early"]
+        twin_cell = "–" if twin is None else f"{twin:.1%} ({s['without_early']})"
+        same = f"{s['same_terminal']:.1%} | {s['same_path']:.1%} | {twin_cell}"
         shares = " | ".join(share_cell(s[part]) for part in ("all", "gate_lost", "no_gate_lost"))
         lines.append(f"| {name} | {early} | {v.search} | {same} | {shares} |")
     labels = {
@@ -926,9 +964,8 @@ def tree_table(summary: dict[str, Any]) -> str:
     }
     for key, label in labels.items():
         c = summary["ceiling"][key]
-        lines.append(
-            f"| {label} | | no pruner | | | {c['all_share_total']:.1%} | {c['gate_lost_share_total']:.1%} | |"
-        )
+        shares = f"{c['all_share_total']:.1%} | {c['gate_lost_share_total']:.1%}"
+        lines.append(f"| {label} | | no pruner | | | | {shares} | |")
     return "\n".join(lines)
 
 

@@ -2,14 +2,15 @@
 
 Each run walks the shipped plan with the replay trainer on a real Prefect server (a test harness in a
 private home): Phases 1 and 2 replay curve 23 and fail their gates, so the walk reaches Phase 3, whose
-nine trials replay nine real records of ``../shared/curves`` with their own per-epoch durations scaled
-down (``time_scale``: the record's ``time`` column, so epochs last what they lasted, relative to one
-another), and the full run replays curve 13. ``--workers 1`` is the serial search (no cluster);
-2 and 4 start a local Dask cluster of CPU workers (sleeping replays need no GPU).
+nine trials replay nine real records of ``../shared/curves``, each epoch lasting what an epoch of curve
+29 (a real FOD run with a clock) lasted, scaled down, and the full run replays curve 13 on its own
+clock. ``--workers 1`` is the serial search (no cluster); 2 and 4 start a local Dask cluster of CPU
+workers (sleeping replays need no GPU).
 
 Measured per run: the trials' wall time (first trial's start to last trial's end, from the results'
 clocks), Phase 3's (trials and the continued full run), the trial epochs trained (GPU-epochs) and the
-best trial; with ``--pruner`` the same with successive halving. Prints a Markdown table and writes JSON.
+best trial; then the same with successive halving (``--no-pruner``: without). Prints a Markdown
+table and writes JSON.
 
     YOLO_OFFLINE=1 nice -n 10 .venv/bin/python benchmarks/parallel_search.py --out parallel.json
 """

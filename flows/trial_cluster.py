@@ -17,7 +17,6 @@ after ``lease_s``.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +26,6 @@ SLOT_ENV = "FOD_SLOT"
 """The accelerator a worker trains on (``gpu-0``…): the Prefect concurrency limit its trainings hold."""
 LEASE_ENV = "FOD_SLOT_LEASE_S"
 """Seconds a slot's lease lasts unless renewed (a dead worker's slot frees itself after this)."""
-PASSED_ENV = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY", "PREFECT_HOME")
 
 
 def worker_slots(workers: TrialWorkers) -> list[tuple[str, str]]:
@@ -38,17 +36,16 @@ def worker_slots(workers: TrialWorkers) -> list[tuple[str, str]]:
 
 
 def worker_env(slot: str, visible: str, workers: TrialWorkers) -> dict[str, str]:
-    """A worker's environment: its slot, its one GPU, and the Prefect API the flow run reports to."""
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+    """A worker's environment: its slot, its one GPU, and the Prefect API the flow run reports to.
 
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    The rest (credentials and profile included) the worker inherits from this process, unread."""
+    from prefect.settings import PREFECT_API_URL
+
+    env: dict[str, str] = {}
     if (url := PREFECT_API_URL.value()) is not None:
         env["PREFECT_API_URL"] = str(url)  # the embedded server's too, which the environment lacks
-    if (auth := PREFECT_API_AUTH_STRING.value()) is not None:
-        env["PREFECT_API_AUTH_STRING"] = (
-            auth.get_secret_value() if hasattr(auth, "get_secret_value") else auth
-        )
     env.update({SLOT_ENV: slot, LEASE_ENV: str(workers.lease_s), "YOLO_OFFLINE": "1"})
+    env["DASK_LOGGING__DISTRIBUTED"] = "warning"  # the worker's own start-up lines stay out of the terminal
     env["CUDA_VISIBLE_DEVICES"] = visible
     return env
 

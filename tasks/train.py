@@ -93,6 +93,7 @@ class EpochReporter:
         self.spec = spec
         self.label = spec.label
         self.events = EventLog(Path(spec.run_dir) / EVENTS_FILE, keep=spec.resume_from is not None)
+        self.events.start_from(continued_events(spec))
         self.logger = get_run_logger()
         self.stoppers = Stoppers(spec, self.events.read(), warn=self.logger.warning, inform=self.logger.info)
         self.shown = 0.0
@@ -123,6 +124,18 @@ EVENTS_FILE = "epochs.jsonl"
 starts its early decision from the epochs it trained before, so it decides as an uninterrupted one."""
 
 
+def continued_events(spec: TrainSpec) -> list[EpochEvent]:
+    """A full run that continues its search's best trial: that trial's epochs, as its own first ones.
+
+    Its early decision then judges the whole curve from epoch 1, as it would an uninterrupted run (a
+    metric bound needs every epoch from the first). Empty for any other training.
+    """
+    if spec.continue_from is None:
+        return []
+    trial_events = EventLog(Path(spec.continue_from).parent.parent / EVENTS_FILE, keep=True).read()
+    return [event.model_copy(update=spec.ref().model_dump()) for event in trial_events]
+
+
 class EventLog:
     """The training's epoch events on disk (append-only; a torn last line is ignored)."""
 
@@ -130,6 +143,12 @@ class EventLog:
         self.path = path
         if not keep and path.exists():
             path.unlink()  # a training that starts over starts a new history
+
+    def start_from(self, events: list[EpochEvent]) -> None:
+        """Begin an empty history with ``events`` (a continued full run's trial epochs)."""
+        if events and not self.path.exists():
+            for event in events:
+                self.append(event)
 
     def append(self, event: EpochEvent) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +209,7 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
     reporter = EpochReporter(spec)
     logger.info(f"{reporter.label}: {spec.epochs} epochs of {spec.model.name}, args {spec.args}")
     trainer = make_trainer(cfg, log=logger.info)
-    with gpu_slots_held(spec, cfg, logger.info):
+    with gpu_slots_held(spec, cfg, logger.info) as held:
         try:
             plan = planned_batch(spec, cfg, logger.info)
             planned = apply_batch_plan(spec, plan)
@@ -204,7 +223,7 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
         else:
             found = {"batch_plan": plan, "early_decision": reporter.early_decision}
             result = result.model_copy(update={k: v for k, v in found.items() if v is not None})
-    where = {"started_at": started, "finished_at": time.time(), "slot": ", ".join(gpu_slots(spec)) or None}
+    where = {"started_at": started, "finished_at": time.time(), "slot": ", ".join(held) or None}
     result = result.model_copy(update=where)
     save_result(result, spec)
     logger.info(
@@ -215,11 +234,12 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
 
 
 @contextlib.contextmanager
-def gpu_slots_held(spec: TrainSpec, cfg: RunConfig, log: Callable[[str], None]) -> Iterator[None]:
-    """Hold the GPU slots a real training needs (none for CPU and for replays)."""
+def gpu_slots_held(spec: TrainSpec, cfg: RunConfig, log: Callable[[str], None]) -> Iterator[list[str]]:
+    """Hold the GPU slots a real training needs (none for CPU and for replays, except on a search's
+    worker, whose slot every training there holds); yields the slots held."""
     slots = gpu_slots(spec) if cfg.replay is None or os.environ.get(SLOT_ENV) else []
     if not slots:
-        yield
+        yield []
         return
     from prefect.concurrency.sync import concurrency
 
@@ -227,7 +247,7 @@ def gpu_slots_held(spec: TrainSpec, cfg: RunConfig, log: Callable[[str], None]) 
     lease = float(os.environ.get(LEASE_ENV, DEFAULT_LEASE_S))
     with concurrency(slots, occupy=1, lease_duration=lease):
         log(f"{spec.label}: holding {', '.join(slots)}")
-        yield
+        yield slots
 
 
 BATCH_PLAN_FILE = "batch_plan.json"

@@ -46,7 +46,11 @@ def write_plan(tmp_path: Path, shipped_plan_doc: dict[str, Any]) -> Callable[...
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
-    """One real (ephemeral, SQLite) Prefect server for every flow test of the session."""
+    """One real (ephemeral, SQLite) Prefect server for every flow test of the session.
+
+    Prefect's logging is set up here, once: its console handler binds the stream it finds, and one found
+    inside a test's ``capfd`` is closed for every later test."""
+    from prefect.logging.configuration import setup_logging
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
@@ -54,6 +58,7 @@ def prefect_server() -> Iterator[None]:
         temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}),
         prefect_test_harness(server_startup_timeout=180),
     ):
+        setup_logging()
         yield
 
 

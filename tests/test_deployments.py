@@ -801,9 +801,11 @@ def test_progress_artifact_ends_at_100(two_runs):
         decision = json.loads(next(runs.glob("*/decision.json")).read_text(encoding="utf-8"))
         nodes = len(decision["path"])
         epochs = sum(p["epochs_done"] for p in [*decision["phases"], *decision["trials"]])
-        expected = (
-            f"{nodes} of {nodes} nodes, {epochs} of {epochs} epochs done; terminal {decision['terminal']}"
-        )
+        expected = f"{nodes} of {nodes} nodes, {epochs} of {epochs} epochs done"
+        if trials := decision["trials"]:
+            pruned = sum((t.get("reason") or "").startswith("pruned") for t in trials)
+            expected += f"; trials {len(trials)} done ({pruned} pruned), 0 running"
+        expected += f"; terminal {decision['terminal']}"
         assert expected in artifact.description, artifact.description
 
 
