@@ -37,15 +37,9 @@ EXIT_NO_CUDA = 2
 
 def cuda_problem() -> str | None:
     """Why this machine cannot run the benchmark, or None when a CUDA device is there."""
-    from tasks.trainers.vram import cuda_missing
+    from tasks.trainers.vram import gpu_tool_refusal
 
-    missing = cuda_missing()
-    if missing is None:
-        return None
-    return (
-        f"gpu_memory.py needs a CUDA GPU: {missing}. Nothing was measured. "
-        "Run it on a GPU machine: python benchmarks/gpu_memory.py --device 0 (see docs/BENCHMARKS.md)."
-    )
+    return gpu_tool_refusal("gpu_memory.py", "docs/BENCHMARKS.md")
 
 
 def epochs_for(iterations: int, n_train: int, batch: int) -> int:
@@ -165,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     """Check for CUDA (exit 2 without it), measure, print the table, write JSON when asked."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing is downloaded, even on a GPU machine
-    problem = cuda_problem()
-    if problem is not None:
+    if (problem := cuda_problem()) is not None:
         print(problem, file=sys.stderr)
         return EXIT_NO_CUDA
     sys.path.insert(0, str(REPO))

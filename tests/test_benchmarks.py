@@ -150,24 +150,25 @@ def test_machine_info_and_versions_are_recorded(overhead):
     assert set(overhead.versions()) >= {"torch", "ultralytics", "prefect"}
 
 
-def test_gpu_memory_exits_2_with_its_message_without_cuda(tmp_path):
-    """On a machine without CUDA the GPU benchmark refuses at once, before generating anything."""
+@pytest.mark.parametrize("script", ["gpu_memory.py", "vram_planner.py"])
+def test_gpu_benchmark_exits_2_with_its_message_without_cuda(tmp_path, script):
+    """On a machine without CUDA a GPU benchmark refuses at once, before generating anything."""
     import torch
 
     if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: gpu_memory.py would really train")
+        pytest.skip(f"this machine has CUDA: {script} would really measure")
     out = tmp_path / "gpu.json"
     done = subprocess.run(
-        [sys.executable, str(BENCH / "gpu_memory.py"), "--out", str(out)],
+        [sys.executable, str(BENCH / script), "--out", str(out)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert done.returncode == 2
-    assert "gpu_memory.py needs a CUDA GPU" in done.stderr
-    assert "Nothing was measured" in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert f"{script} needs a CUDA GPU" in done.stderr and "Nothing was measured" in done.stderr
+    assert not out.exists()
     assert not out.exists()
 
 

@@ -53,6 +53,28 @@ def test_spec_carries_the_judging_gate_only_when_its_policy_is_on(demo_data, tmp
 
 
 @needs_shared
+def test_continued_full_run_decides_from_its_trials_first_epoch(demo_data, tmp_path):
+    """The full run that continues Phase 3's best trial (keep_baseline: every node replays curve 23)
+    starts its history with that trial's 20 epochs, so its early decision falls where Phase 1's did
+    on the same curve (epoch 30); from its own epochs alone a metric bound could never be decided."""
+    from flows.fod_flow import optimize
+
+    runs = tmp_path / "runs"
+    decision = optimize(
+        OptimizeRequest(
+            plan=SHIPPED_PLAN, data=demo_data, runs_dir=runs, replay=REPLAYS / "keep_baseline.yaml"
+        )
+    )
+    phase1, full = decision.phases[0], next(p for p in decision.phases if p.node == "phase3")
+    assert full.early_decision is not None and phase1.early_decision is not None
+    assert (full.early_decision.gate, full.early_decision.epoch) == ("gate3", phase1.early_decision.epoch)
+    log = runs / decision.run_id / "phases" / "phase3" / "full" / "epochs.jsonl"
+    events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [e["record"]["epoch"] for e in events] == list(range(1, full.early_decision.epoch + 1))
+    assert {e["node"] for e in events} == {"phase3"} and decision.terminal == "keep_baseline"
+
+
+@needs_shared
 def test_replayed_walk_stops_lost_phases_and_keeps_the_terminal(demo_data, tmp_path):
     """keep_baseline replayed with the shipped plan's safe decisions: same terminal, far fewer epochs."""
     from flows.fod_flow import optimize

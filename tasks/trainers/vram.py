@@ -215,3 +215,15 @@ def cuda_missing() -> str | None:
         return None
     build = torch.version.cuda or "none (CPU build)"
     return f"no CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, CUDA {build})"
+
+
+def gpu_tool_refusal(tool: str, doc: str) -> str | None:
+    """Why the GPU benchmark ``tool`` measures nothing on this machine (its usage on a GPU machine and
+    where it is documented), or None when a CUDA device is there."""
+    missing = cuda_missing()
+    if missing is None:
+        return None
+    return (
+        f"{tool} needs a CUDA GPU: {missing}. Nothing was measured. "
+        f"Run it on a GPU machine: python benchmarks/{tool} --device 0 (see {doc})."
+    )
