@@ -190,6 +190,16 @@ def gpu_slots(spec: TrainSpec) -> list[str]:
     return [f"gpu-{part.strip()}" for part in text.split(",") if part.strip().isdigit()]
 
 
+def on_worker_gpu(spec: TrainSpec) -> TrainSpec:
+    """On a search's GPU worker the training's device is ``0``: the worker sees its one card (its
+    ``CUDA_VISIBLE_DEVICES``) as device 0, whatever index the plan gave the run."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    device = str(spec.args.get("device", "0")).lower()
+    if not os.environ.get(SLOT_ENV) or not visible.strip().isdigit() or device in ("cpu", "mps", "0"):
+        return spec
+    return spec.model_copy(update={"args": {**spec.args, "device": "0"}})
+
+
 def save_result(result: PhaseResult, spec: TrainSpec) -> None:
     """Keep the typed result beside the run's files (phase_result.json), never overwriting."""
     atomic_write_text(spec.run_dir / "phase_result.json", result.model_dump_json(indent=2))
@@ -206,6 +216,7 @@ def train_task(spec: TrainSpec, cfg: RunConfig) -> PhaseResult:
     logger = get_run_logger()
     started = time.time()
     spec = resume_point(spec, checkpoint_check(cfg), logger.info)  # re-queued from a lost worker, too
+    spec = on_worker_gpu(spec)
     reporter = EpochReporter(spec)
     logger.info(f"{reporter.label}: {spec.epochs} epochs of {spec.model.name}, args {spec.args}")
     trainer = make_trainer(cfg, log=logger.info)

@@ -328,6 +328,7 @@ CASES: list[Case] = [
     Case("wrong type: epochs as text", plan_set("nodes.phase1.effective_batch", "18 images"), ("nodes.phase1.effective_batch", "integer")),
     Case("unknown node key", plan_set("nodes.phase1.nxt", "gate1"), ("nodes.phase1.nxt", "unknown key")),
     Case("unknown key (run)", plan_set("nodes.phase1.nxt", "gate1"), ("nodes.phase1.nxt", "unknown key"), dry_run=False),
+    Case("a node on several GPUs", plan_set("nodes.phase1.args.device", "0,1"), ("nodes.phase1.args.device", "names several GPUs", "--set device=0,1")),
     Case("key with a newline", plan_set("nodes.phase1.a\nb", 1), ("nodes.phase1.a\\nb", "unknown key")),
     Case("cycle", plan_set("nodes.gate2.on_fail", "phase1"), ("nodes: cycle",)),
     Case("missing target", plan_set("nodes.gate1.on_fail", "phase9"), ("nodes.gate1.on_fail", "'phase9', which is not defined")),

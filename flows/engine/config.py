@@ -18,6 +18,7 @@ from flows.engine.data.checks import check_runs_dir, weights_problem
 from flows.engine.data.dataset import ResolvedDataset, inspect_dataset
 from flows.engine.data.profile import DataProfile
 from flows.engine.decisions.batch_planner import BatchPlanSettings
+from flows.engine.plan.devices import node_device_problems, spread_devices
 from flows.engine.plan.loader import load_plan
 from flows.engine.plan.problems import PlanError, Problem, errors_of
 from flows.engine.plan.resolve import inherited, node_args, resolve_path, trial_args
@@ -259,6 +260,8 @@ class Checked:
     profile: DataProfile | None = None
     replay: ReplaySpec | None = None
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What validation changed to run the plan as meant (a run-wide GPU list spread over a search)."""
 
 
 def collect_problems(request: OptimizeRequest) -> Checked:
@@ -270,7 +273,8 @@ def collect_problems(request: OptimizeRequest) -> Checked:
     except PlanError as exc:
         return Checked(problems=[*exc.problems, *data_problems, *runs_problems])
     force = {**force, **request.overrides}
-    problems = check_plan(plan, str(request.plan))
+    problems = check_plan(plan, str(request.plan)) + node_device_problems(plan, str(request.plan))
+    plan, force, notes = spread_devices(plan, force)
     if not errors_of(problems):
         from flows.engine.plan.ultra_args import check_plan_args
 
@@ -289,7 +293,8 @@ def collect_problems(request: OptimizeRequest) -> Checked:
     if request.replay is not None:
         replay, replay_problems = check_replay(request.replay, plan)
         problems += replay_problems
-    return Checked(plan=plan, force=force, dataset=dataset, profile=profile, replay=replay, problems=problems)
+    found = {"dataset": dataset, "profile": profile, "replay": replay}
+    return Checked(plan=plan, force=force, problems=problems, notes=notes, **found)
 
 
 def prepare(request: OptimizeRequest) -> RunConfig:
@@ -311,5 +316,5 @@ def prepare(request: OptimizeRequest) -> RunConfig:
         dataset=checked.dataset,
         data_profile=checked.profile,
         replay=checked.replay,
-        warnings=(*warnings, *checked.dataset.notes),
+        warnings=(*warnings, *checked.notes, *checked.dataset.notes),
     )
