@@ -3,7 +3,8 @@ flow starts and stops, one trial per worker, each holding its worker's slot.
 
 Replayed trials sleep per epoch (the replay SPEC's ``epoch_seconds``), so time is real: two trials run
 at the same time, never two on one slot; a worker killed mid-trial has its trial re-queued and continued
-from its last.pt, and the search ends as the serial one does; one real tiny training runs on the cluster.
+from its last.pt, and the search ends as the serial one does; a worker gone for good leaves the search
+to the other; one real tiny training runs on the cluster.
 The Optuna study on PostgreSQL is tested in ``test_study.py``.
 """
 
@@ -137,6 +138,22 @@ def test_a_worker_killed_mid_trial_has_its_trial_continued_elsewhere(dataset, tm
     assert sorted(epochs) == list(range(1, 21)) and max(epochs.values()) == 1, epochs
     resumed = [m for m in newest_flow_run_logs() if "trial-01: resuming the interrupted training" in m]
     assert resumed and str(run_dir) in resumed[0], "re-queued, it continued from its last.pt"
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_comes_back_leaves_the_search_on_the_others(dataset, tmp_path, monkeypatch):
+    """Trial 1's worker closes for good, its nanny too, after epoch 5: the one worker left trains the
+    rest (trial 1 continued from its last.pt), with the same best trial and terminal."""
+    replay = replay_spec(tmp_path)
+    plan = plan_with_workers(tmp_path, 2)
+    reference = walk(plan, replay, tmp_path / "runs-reference")
+    monkeypatch.setenv(KILL_ENV, "gone:epoch:phase3/trial-01:5")
+    decision = walk(plan, replay, tmp_path / "runs")
+    assert decision.terminal == reference.terminal
+    assert [(t.trial, t.metrics) for t in decision.trials] == [(t.trial, t.metrics) for t in reference.trials]
+    [resumed] = [t for t in decision.trials if t.trial == 1]  # its result is the continued attempt's
+    after = [t for t in decision.trials if t.started_at >= resumed.started_at]
+    assert len(after) >= 3 and {t.slot for t in after} == {resumed.slot}, [(t.trial, t.slot) for t in after]
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 KILL_ENV = "FOD_KILL_AT"
@@ -23,6 +24,20 @@ def kill_point(name: str) -> None:
     """SIGKILL this process if ``FOD_KILL_AT`` names this point (test fault injection)."""
     if os.environ.get(KILL_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def worker_gone_point(name: str) -> None:
+    """Close this Dask worker and its nanny for good if ``FOD_KILL_AT`` is ``gone:<name>``: a machine
+    that never comes back (a plain kill point's worker is restarted by its nanny). The training stops
+    here; the process ends as the nanny closes it."""
+    if os.environ.get(KILL_ENV) != f"gone:{name}":
+        return
+    from distributed import get_worker
+
+    worker = get_worker()
+    worker.loop.add_callback(worker.close, nanny=True, executor_wait=False, reason="fault injection: gone")
+    while True:  # the worker's threads are daemons: the process ends with its close
+        time.sleep(1)
 
 
 FAKE_OOM_ENV = "FOD_FAKE_OOM_ABOVE"

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flows.engine.decisions.monitors import StopTraining
-from flows.engine.faults import kill_point
+from flows.engine.faults import kill_point, worker_gone_point
 from flows.engine.fsutil import atomic_write_text, write_text_once
 from flows.engine.records.replay_spec import ReplaySpec, RunEntry, load_replay_spec
 from flows.engine.records.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
@@ -97,6 +97,7 @@ class ReplayTrainer:
             save_last_checkpoint(spec, record.epoch)
             kill_point(f"epoch:{spec.node}:{record.epoch}")
             kill_point(f"epoch:{spec.key}:{record.epoch}")  # one trial's process (a worker, side by side)
+            worker_gone_point(f"epoch:{spec.key}:{record.epoch}")  # its worker and its nanny, for good
         weights, results_csv = write_run_files(spec, entry, recorded)
         result = build_result(spec, entry, recorded, weights=weights, results_csv=results_csv)
         if stop_reason is not None:
