@@ -101,15 +101,19 @@ class ProgressingExecutor:
 
     def train(self, spec: TrainSpec) -> PhaseResult:
         """Train (or take the journalled result), then count its epochs (and a trial as done)."""
-        progress = self.artifact.progress
         if spec.role == "trial":
-            progress.trial_started()
+            self.artifact.progress.trial_started()
         result = self.inner.train(spec)
+        self.count(spec, result)
+        return result
+
+    def count(self, spec: TrainSpec, result: PhaseResult) -> None:
+        """A training ended: its epochs, and a trial as done (pruned or not), into the artifact."""
+        progress = self.artifact.progress
         progress.trained(spec.node, result.epochs_done)
         if spec.role == "trial":
             progress.trial_finished(pruned=(result.reason or "").startswith("pruned"))
         self.artifact.update()
-        return result
 
     def train_each(
         self,
@@ -128,9 +132,7 @@ class ProgressingExecutor:
             return spec
 
         def counted(spec: TrainSpec, result: PhaseResult) -> None:
-            progress.trained(spec.node, result.epochs_done)
-            progress.trial_finished(pruned=(result.reason or "").startswith("pruned"))
-            self.artifact.update()
+            self.count(spec, result)
             on_done(spec, result)
 
         self.inner.train_each(dispatched, counted, workers)

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.engine.decisions.batch_planner import ProbeMeasurement
 from tasks.trainers.offline import offline_environment
-from tasks.trainers.vram import cuda_missing
+from tasks.trainers.vram import cuda_index, cuda_missing
 
 LOG = logging.getLogger(__name__)
 
@@ -100,15 +100,6 @@ class ProbeRequest(BaseModel):
 
 
 # ---------------------------------------------------------------- pure helpers
-
-
-def cuda_index(device: object) -> int | None:
-    """The CUDA/NVML index of a single-GPU device string; None for cpu, mps or several GPUs."""
-    text = str(device if device not in (None, "") else "0").strip().lower()
-    if text in {"cpu", "mps"} or "," in text:
-        return None
-    text = text.removeprefix("cuda:").removeprefix("cuda") or "0"
-    return int(text) if text.isdigit() else None
 
 
 def largest_train_imgsz(imgsz: int, multi_scale: float, stride: int = STRIDE) -> int:

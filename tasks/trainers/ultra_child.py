@@ -463,15 +463,6 @@ def train_args(spec: Any, device: str | None) -> dict[str, Any]:
     return args
 
 
-def nvml_index(device: str | None) -> int | None:
-    """The GPU index to watch with NVML, or None on CPU/MPS."""
-    text = str(device if device is not None else "0").strip().lower()
-    if text in {"cpu", "mps"} or "," in text:
-        return None
-    text = text.removeprefix("cuda:").removeprefix("cuda") or "0"
-    return int(text) if text.isdigit() else 0
-
-
 def train(spec: Any, device: str | None, channel: Channel) -> Any:
     """Build the model, train it and return its outcome: completed, diverged or out of memory.
 
@@ -480,11 +471,11 @@ def train(spec: Any, device: str | None, channel: Channel) -> Any:
     """
     from ultralytics import YOLO
 
-    from tasks.trainers.vram import PeakSampler, VramProbe
+    from tasks.trainers.vram import PeakSampler, VramProbe, cuda_index
 
     forward_ultralytics_warnings(channel)
     args = train_args(spec, device)
-    index = nvml_index(args.get("device"))
+    index = cuda_index(args.get("device"))
     sampler = PeakSampler(VramProbe(index)).start() if index is not None else None
     session = Session(spec, channel, sampler, _cuda_device(args.get("device")))
     status, reason = "completed", None
