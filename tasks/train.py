@@ -93,7 +93,8 @@ class EpochReporter:
         self.spec = spec
         self.label = spec.label
         self.events = EventLog(Path(spec.run_dir) / EVENTS_FILE, keep=spec.resume_from is not None)
-        self.events.start_from(continued_events(spec))
+        if not self.events.path.exists():  # a resumed continued run already has its history
+            self.events.start_from(continued_events(spec))
         self.logger = get_run_logger()
         self.stoppers = Stoppers(spec, self.events.read(), warn=self.logger.warning, inform=self.logger.info)
         self.shown = 0.0
@@ -145,10 +146,10 @@ class EventLog:
             path.unlink()  # a training that starts over starts a new history
 
     def start_from(self, events: list[EpochEvent]) -> None:
-        """Begin an empty history with ``events`` (a continued full run's trial epochs)."""
+        """Begin an empty history with ``events`` (a continued full run's trial epochs), all at once: a
+        crash while seeding leaves no history rather than part of one."""
         if events and not self.path.exists():
-            for event in events:
-                self.append(event)
+            atomic_write_text(self.path, "".join(event.model_dump_json() + "\n" for event in events))
 
     def append(self, event: EpochEvent) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
