@@ -31,9 +31,11 @@ from flows.engine.decisions.batch_planner import BatchPlan
 from flows.engine.decisions.stoppers import Stoppers
 from flows.engine.errors import ChildKilled, TrainingError
 from flows.engine.fsutil import atomic_write_text
+from flows.engine.plan.devices import gpu_list
 from flows.engine.records.journal import code_version, resume_point
 from flows.engine.records.results import EarlyDecision, EpochEvent, PhaseResult, TrainSpec
 from flows.trial_cluster import LEASE_ENV, SLOT_ENV
+from tasks.trainers.vram import cuda_index
 
 
 class Trainer(Protocol):
@@ -185,10 +187,11 @@ def gpu_slots(spec: TrainSpec) -> list[str]:
     if slot := os.environ.get(SLOT_ENV):
         return [slot]
     device = spec.args.get("device")
-    text = "0" if device is None else str(device).lower().replace("cuda:", "")
-    if text in ("cpu", "mps"):
-        return []
-    return [f"gpu-{part.strip()}" for part in text.split(",") if part.strip().isdigit()]
+    indices = gpu_list(device)
+    if indices is None:
+        index = cuda_index(device)
+        indices = [] if index is None else [index]
+    return [f"gpu-{index}" for index in indices]
 
 
 def on_worker_gpu(spec: TrainSpec) -> TrainSpec:
