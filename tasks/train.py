@@ -95,8 +95,7 @@ class EpochReporter:
         self.spec = spec
         self.label = spec.label
         self.events = EventLog(Path(spec.run_dir) / EVENTS_FILE, keep=spec.resume_from is not None)
-        if not self.events.path.exists():  # a resumed continued run already has its history
-            self.events.start_from(continued_events(spec))
+        self.events.start_from(lambda: continued_events(spec))
         self.logger = get_run_logger()
         self.stoppers = Stoppers(spec, self.events.read(), warn=self.logger.warning, inform=self.logger.info)
         self.shown = 0.0
@@ -147,11 +146,14 @@ class EventLog:
         if not keep and path.exists():
             path.unlink()  # a training that starts over starts a new history
 
-    def start_from(self, events: list[EpochEvent]) -> None:
-        """Begin an empty history with ``events`` (a continued full run's trial epochs), all at once: a
-        crash while seeding leaves no history rather than part of one."""
-        if events and not self.path.exists():
-            atomic_write_text(self.path, "".join(event.model_dump_json() + "\n" for event in events))
+    def start_from(self, events: Callable[[], list[EpochEvent]]) -> None:
+        """Begin an empty history with ``events()`` (a continued full run's trial epochs), all at once: a
+        crash while seeding leaves no history rather than part of one. A history that exists (a resumed
+        continued run's) is kept, and ``events`` is then not read at all."""
+        if self.path.exists():
+            return
+        if seeded := events():
+            atomic_write_text(self.path, "".join(event.model_dump_json() + "\n" for event in seeded))
 
     def append(self, event: EpochEvent) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -343,7 +343,7 @@ def test_train_args_land_in_run_dir_and_translate_effective_batch(tmp_path: Path
     ("device", "index"),
     [("cpu", None), ("mps", None), ("0,1", None), ("0", 0), ("cuda:1", 1), (None, 0), ("", 0)],
 )
-def test_nvml_index_follows_the_device(device: str | None, index: int | None) -> None:
+def test_cuda_index_follows_the_device(device: str | None, index: int | None) -> None:
     from tasks.trainers.vram import cuda_index  # what the child watches with NVML
 
     assert cuda_index(device) == index

@@ -232,7 +232,8 @@ def gpu_tool_refusal(tool: str, doc: str) -> str | None:
 def cuda_index(device: object) -> int | None:
     """The CUDA/NVML index of a single-GPU device string; None for cpu, mps or several GPUs.
 
-    One reading for the training child (which GPU NVML watches) and the memory probe."""
+    One reading for the training child (which GPU NVML watches), the memory probe and the train task's
+    GPU slots."""
     text = str(device if device not in (None, "") else "0").strip().lower()
     if text in {"cpu", "mps"} or "," in text:
         return None
