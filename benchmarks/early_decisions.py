@@ -1,37 +1,36 @@
-"""Early gate decisions on real curves: false stops and epochs saved, per curve and threshold and per tree.
+"""Early gate decisions on real runs of public repositories: calibration, false stops with their upper
+confidence bound, savings, and whole trees.
 
-Why this exists: the safe policy of ``flows/engine/decisions/early.py`` must never stop a phase that
-would have passed, and must still save GPU time. This script measures both on the 18 recorded runs of
-``../shared/curves`` and writes the tables of docs/EARLY_DECISIONS.md.
+Data: the corpus of benchmarks/curves (``early_corpus.py``), split by repository into a calibration half
+and a report half.
 
-(a) Pairs. For every curve (cut at its planned ``epochs``; its gate figure = the metric at the epoch of
-    best fitness, as best.pt) and every threshold ``final + gap`` (gaps in ``GAPS``, both signs, 0
-    included: a threshold equal to the final figure passes), the epoch at which each policy's bound
-    first falls below the threshold. A pass pair that is stopped is a false stop; a fail pair saves
-    ``planned - stop`` epochs. In-sample: the shipped constants (fitted on all 18 curves). Held-out:
-    for each curve, the scale fitted on the OTHER 17 times the policy's reserve, applied to that curve.
-(b) Trees. A seeded generator builds whole-tree scenarios of the shipped plan (phase1 -> gate1 -> phase2
-    -> gate2 -> phase3 search -> gate3): for each phase a completed curve with its own planned epochs,
-    an ``offset_map50_95`` that puts its final figure ``gap`` away from the gate's minimum, images/s and
-    NVML peaks around the gate's bounds; Phase 3's nine trials a search of benchmarks/pruned_search.py
-    (drawn from its held-out pool), and the full run of each trial's point shifted by what that point is
-    worth. Each scenario is walked by the real engine (``walk_tree`` + ``ReplayTrainer``; every training
-    under its own ``Stoppers(spec)``: trial pruner and prefix end, monitors, early decision; the study on
-    Optuna's in-memory storage, or ``--storage sqlite``) in the variants of ``VARIANTS``: naive (the seed
-    plan: no early decisions, short trials, the full run restarted), the shipped engine (safe, prefix
-    trials, the best continues), each component alone, with successive halving, aggressive, held-out.
-    GPU-epochs are the epochs the trainer delivered. Reported: same terminal (and path) as the naive
-    walk, GPU-epochs as a share of its, overall, where a gate is lost and per role.
-(c) Throughput: early images/s against the whole run's, from the records' clocks.
+(a) Calibration, on the calibration half only: the bound's shape and its first decision point are chosen
+    by cross-validation over repositories (``choose_shape``: the most epochs saved on the held-out folds'
+    fail pairs among the candidates whose held-out false-stop rate is at most the safe risk); then per
+    metric the split-conformal quantile at each policy's risk on the whole half. These are the constants
+    of ``flows/engine/decisions/early.py`` (the script says when they differ).
+(b) Report, on the report half only (nothing is chosen on it): for every curve and threshold
+    ``final + gap`` (``early_calibration.pair_gaps``), the first epoch at which the shipped rule's bound
+    is below the threshold. A pass pair (gap ≤ 0) that is stopped is a false stop: its rate with a
+    one-sided 95 % Clopper–Pearson upper bound, over pairs and over curves; fail pairs: the share of the
+    schedule saved, by gap. The 18 curves of ../shared/curves, when present, are a second held-out set.
+(c) Whole trees built from the report half: a seeded generator draws scenarios of the shipped plan
+    (phase1 → gate1 → phase2 → gate2 → phase3 search → gate3), each phase a completed report-half run
+    with its own planned epochs, its final figure put at ``gap`` from the gate's minimum (gaps as in (b));
+    Phase 3's trials a search of benchmarks/pruned_search.py. Each scenario is walked by the real engine
+    in the variants of ``VARIANTS``; reported: same terminal as the naive walk and as the same walk
+    without early decisions, and GPU-epochs as a share of the naive walk's.
+(d) Throughput: early images/s against the whole run's, from the ``time`` column of ../shared/curves.
 
-Run:  .venv/bin/python benchmarks/early_decisions.py [--scenarios 300] [--timed-scenarios 100] [--seed 0]
-      [--skip-pairs | --skip-trees] [--variants ...] [--storage memory|sqlite] [--out FILE.json]
+Run:  .venv/bin/python benchmarks/early_decisions.py [--scenarios 300] [--seed 0]
+      [--skip-trees] [--variants ...] [--storage memory|sqlite] [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import math
 import platform
@@ -50,242 +49,285 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from early_calibration import (  # noqa: E402
+    Curve,
+    Pairs,
+    Terms,
+    bounds,
+    clopper_pearson_upper,
+    cross_validate,
+    curve_of,
+    curve_pairs,
+    decision_terms,
+    fit,
+    pair_gaps,
+    rule_with,
+    stop_epoch,
+)
+from early_corpus import CORPUS, CorpusRun, load_corpus  # noqa: E402
 
 from flows.engine.decisions.early import (  # noqa: E402
-    AGGRESSIVE_MIN_FRACTION,
-    FITTED_SCALES,
-    SAFE_RESERVES,
+    BOUND_SHAPE,
+    CALIBRATED_QUANTILES,
+    MIN_FRACTION,
+    POLICY_RISK,
+    BoundShape,
     EarlyDecision,
     MetricRule,
-    RecordedCurve,
-    fit_scale,
-    metric_upper_bound,
-    read_recorded_curve,
-    required_scale,
     rule_for,
 )
 from flows.engine.decisions.stoppers import Stoppers  # noqa: E402
 
-CURVES = REPO.parent / "shared" / "curves"
+SHARED_CURVES = REPO.parent / "shared" / "curves"
 PLAN = REPO / "configs" / "fod_plan.yaml"
 DATA = REPO.parent / "shared" / "datasets" / "golfball_small" / "data.yaml"
-GAPS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
-"""Threshold minus final figure, in metric points; each is used with both signs (0 once: a pass)."""
 METRICS = ("map50_95", "map50", "recall", "precision")
 POLICIES = ("safe", "aggressive")
-FIT_FRACTION = 0.3
-"""The calibration fits scales from 30 % of the schedule on (``MetricRule``'s default)."""
+TARGET_FACTOR = 2.0
+"""A policy's rule ships when its report-half false-stop rate is ≤ its risk, its 95 % upper bound ≤ 2 × it."""
+FOLDS = 5
+SHAPES = tuple(
+    BoundShape(noise_weight=noise, floor=floor, mosaic_lift=mosaic)
+    for noise, floor, mosaic in itertools.product((1.0, 2.0, 3.0, 5.0, 8.0), (0.0, 0.05, 0.1, 0.2, 0.4),
+                                                  (0.0, 0.01, 0.02, 0.04))
+)  # fmt: skip
+"""Candidate shapes, relative to a slope weight of 1 (scaling every weight scales the quantile back)."""
+FRACTIONS = (0.2, 0.3, 0.4, 0.5)
+"""Candidate first decision points (share of the schedule)."""
 
 TRIAL_EPOCHS = 20
-PHASE_GAP = (-0.10, 0.05)
-"""Range of (final figure - gate minimum) drawn for each phase: a third of the phases pass."""
 SPEEDUP_RANGE = (0.10, 0.40)
 """Phase 2's training speed-up over Phase 1 (the gate wants >= 0.25)."""
 VRAM_RANGE = (15.0, 23.0)
 """Phase 2's NVML peak, GB (the gate wants <= 20)."""
 
 
-# ----------------------------------------------------------------------------- (a) pairs
+# ----------------------------------------------------------------------------- curves
 
 
-def curve_names() -> list[str]:
-    """The recorded runs, in numeric order."""
-    return [str(n) for n in sorted(int(p.stem) for p in CURVES.glob("*.csv"))]
+def corpus_curves(runs: Sequence[CorpusRun], metric: str) -> list[Curve]:
+    """The runs as calibration curves of one metric (runs whose best.pt has no such figure left out)."""
+    found = (curve_of(r.name, r.repo, r.records, r.epochs_planned, r.close_mosaic, metric) for r in runs)
+    return [c for c in found if c is not None]
 
 
-def load_curves(metric: str) -> list[RecordedCurve]:
-    """Every shared curve as the calibration reads it, for one gated metric."""
-    return [
-        read_recorded_curve(CURVES / f"{n}.csv", CURVES / f"{n}.args.yaml", metric) for n in curve_names()
-    ]
+def shared_curves(metric: str) -> list[Curve]:
+    """The 18 curves of ../shared/curves (empty when absent), each its own group."""
+    import yaml
+
+    from flows.engine.records.results_csv import read_results_csv
+
+    curves = []
+    for csv in sorted(SHARED_CURVES.glob("*.csv"), key=lambda p: int(p.stem)):
+        args = yaml.safe_load((SHARED_CURVES / f"{csv.stem}.args.yaml").read_text(encoding="utf-8")) or {}
+        close = int(args.get("close_mosaic", 10) or 0)
+        curve = curve_of(
+            f"shared-{csv.stem}", csv.stem, read_results_csv(csv), int(args["epochs"]), close, metric
+        )
+        if curve is not None:
+            curves.append(curve)
+    return curves
 
 
-def bounds_of(curve: RecordedCurve, rule: MetricRule) -> list[float | None]:
-    """The rule's bound after each epoch 1..K-1 (None where it may not decide)."""
-    return [
-        metric_upper_bound(curve.values[:k], curve.epochs_planned, rule, curve.close_mosaic)
-        for k in range(1, len(curve.values))
-    ]
+# ----------------------------------------------------------------------------- (a) calibration
 
 
-def stop_epoch(bounds: Sequence[float | None], threshold: float) -> int | None:
-    """The first epoch whose bound is below the threshold (what ``decide`` would stop at)."""
-    return next((k for k, b in enumerate(bounds, start=1) if b is not None and b < threshold), None)
+def terms_for(curves: Sequence[Curve], min_fraction: float, shape: BoundShape = BOUND_SHAPE) -> list[Terms]:
+    """Every curve's decision terms for a first decision point (the window of ``shape``)."""
+    rule = rule_with(shape, min_fraction)
+    return [decision_terms(c, rule) for c in curves]
 
 
-def thresholds(final: float) -> list[tuple[float, float]]:
-    """(gap, threshold) pairs around a final figure, kept inside 0..1."""
-    gaps = sorted({g for gap in GAPS for g in (gap, -gap)})
-    return [(g, final + g) for g in gaps if 0.0 <= final + g <= 1.0]
-
-
-@dataclass
-class PairStats:
-    """False stops and savings of one policy over (curve, threshold) pairs."""
-
-    passes: int = 0
-    false_stops: int = 0
-    fails: int = 0
-    saved: list[float] = field(default_factory=list)
-    by_gap: dict[float, list[float]] = field(default_factory=dict)
-    false_by_curve: Counter = field(default_factory=Counter)
-
-    def add(self, curve: RecordedCurve, gap: float, threshold: float, stop: int | None) -> None:
-        """Count one pair."""
-        if threshold <= curve.final:
-            self.passes += 1
-            if stop is not None:
-                self.false_stops += 1
-                self.false_by_curve[curve.name] += 1
-            return
-        self.fails += 1
-        share = 0.0 if stop is None else (curve.epochs_planned - stop) / curve.epochs_planned
-        self.saved.append(share)
-        self.by_gap.setdefault(gap, []).append(share)
-
-    def summary(self) -> dict[str, Any]:
-        """The figures of the table."""
-        return {
-            "pass_pairs": self.passes,
-            "false_stops": self.false_stops,
-            "false_stop_rate": self.false_stops / self.passes if self.passes else 0.0,
-            "fail_pairs": self.fails,
-            "saved_share_mean": float(np.mean(self.saved)) if self.saved else 0.0,
-            "saved_share_by_gap": {f"{g:+.3f}": float(np.mean(v)) for g, v in sorted(self.by_gap.items())},
-            "false_stops_by_curve": dict(self.false_by_curve),
-        }
-
-
-def held_out_rule(
-    curves: Sequence[RecordedCurve], left_out: str, policy: str, metric: str
-) -> MetricRule | None:
-    """The policy's rule with its scale fitted on every curve but ``left_out`` (same reserve)."""
-    shipped = rule_for(policy, metric)  # type: ignore[arg-type]
-    if shipped is None:
-        return None
-    others = [c for c in curves if c.name != left_out]
-    fitted = fit_scale(others, MetricRule(scale=1.0, min_fraction=FIT_FRACTION))
-    factor = SAFE_RESERVES[metric] if policy == "safe" else 1.0
-    return shipped.model_copy(update={"scale": max(fitted * factor, 1e-9)})
-
-
-def pair_benchmark(metric: str) -> dict[str, Any]:
-    """(a) for one metric: per policy, in-sample and held-out false stops and savings."""
-    curves = load_curves(metric)
-    out: dict[str, Any] = {"metric": metric, "curves": [c.name for c in curves]}
-    fit = MetricRule(scale=1.0, min_fraction=FIT_FRACTION)
-    out["fitted_scale"] = fit_scale(curves, fit)
-    out["required_scale"] = {c.name: required_scale(c, fit) for c in curves}
-    for policy in POLICIES:
-        for mode in ("in_sample", "held_out"):
-            stats = PairStats()
-            for curve in curves:
-                rule = (
-                    rule_for(policy, metric)  # type: ignore[arg-type]
-                    if mode == "in_sample"
-                    else held_out_rule(curves, curve.name, policy, metric)
-                )
-                bounds = bounds_of(curve, rule) if rule is not None else []
-                for gap, threshold in thresholds(curve.final):
-                    stats.add(curve, gap, threshold, stop_epoch(bounds, threshold))
-            out[f"{policy}_{mode}"] = stats.summary()
-    return out
-
-
-RESERVES = (1.0, 1.1, 1.25, 1.5)
-"""Reserves over the fitted mAP50-95 scale compared in the sensitivity table (the safe policy: 1.25)."""
-
-
-def reserve_sensitivity(metric: str = "map50_95") -> dict[str, dict[str, Any]]:
-    """False stops and savings of the mAP50-95 bound for other reserves, in-sample and held-out."""
-    curves = load_curves(metric)
-    fit = MetricRule(scale=1.0, min_fraction=FIT_FRACTION)
-    needs = {c.name: required_scale(c, fit) for c in curves}
-    out = {}
-    for reserve in RESERVES:
-        row = {}
-        for mode in ("in_sample", "held_out"):
-            stats = PairStats()
-            for curve in curves:
-                others = [v for name, v in needs.items() if name != curve.name or mode == "in_sample"]
-                rule = fit.model_copy(update={"scale": max(others) * reserve})
-                bounds = bounds_of(curve, rule)
-                for gap, threshold in thresholds(curve.final):
-                    stats.add(curve, gap, threshold, stop_epoch(bounds, threshold))
-            row[mode] = stats.summary()
-        out[f"{reserve:g}"] = row
-    return out
-
-
-def reserve_table(sensitivity: dict[str, dict[str, Any]]) -> str:
-    """Markdown: the reserve's price and what it buys."""
-    lines = ["| reserve | false stops in-sample | held-out | epochs saved on fail pairs (in-sample) |"]
-    lines.append("|---|---|---|---|")
-    for reserve, row in sensitivity.items():
-        ins, out = row["in_sample"], row["held_out"]
-        stops = f"{ins['false_stops']}/{ins['pass_pairs']} | {out['false_stops']}/{out['pass_pairs']}"
-        lines.append(f"| {reserve} | {stops} | {ins['saved_share_mean']:.1%} |")
-    return "\n".join(lines)
-
-
-FRACTIONS = (0.1, 0.2, 0.25, 0.3, 0.4)
-"""Earliest decision points (fraction of the schedule) compared in the sensitivity table."""
-
-
-def fraction_sensitivity(metric: str = "map50_95") -> dict[str, dict[str, Any]]:
-    """Why decisions wait for 30 % of the schedule: the fit, its held-out worst case and the savings
-    (fit x 1.25, in-sample) when deciding from earlier or later."""
-    curves = load_curves(metric)
-    out = {}
+def choose_shape(curves: Sequence[Curve], risk: float) -> dict[str, Any]:
+    """Cross-validate every candidate shape and first decision point over repositories; the choice saves
+    the most on held-out fail pairs among those whose held-out false-stop rate is at most ``risk``."""
+    rows = []
     for fraction in FRACTIONS:
-        rule = MetricRule(scale=1.0, min_fraction=fraction)
-        needs = {c.name: required_scale(c, rule) for c in curves}
-        ratios = {c.name: needs[c.name] / max(v for n, v in needs.items() if n != c.name) for c in curves}
-        worst = max(ratios, key=ratios.__getitem__)
-        stats = PairStats()
-        scaled = rule.model_copy(update={"scale": max(needs.values()) * SAFE_RESERVES[metric]})
-        for curve in curves:
-            bounds = bounds_of(curve, scaled)
-            for gap, threshold in thresholds(curve.final):
-                stats.add(curve, gap, threshold, stop_epoch(bounds, threshold))
-        out[f"{fraction:g}"] = {
-            "fitted_scale": max(needs.values()),
-            "binding_curve": max(needs, key=needs.__getitem__),
-            "held_out_worst": ratios[worst],
-            "held_out_worst_curve": worst,
-            "saved_share_mean": stats.summary()["saved_share_mean"],
-        }
+        terms = terms_for(curves, fraction)
+        for shape in SHAPES:
+            cv = cross_validate(curves, terms, shape, fraction, risk, FOLDS)
+            rows.append(
+                {
+                    "min_fraction": fraction,
+                    "shape": shape.model_dump(),
+                    "false_stops": cv.false_stops,
+                    "pass_pairs": cv.passes,
+                    "false_rate": cv.false_stops / cv.passes if cv.passes else 0.0,
+                    "saved": cv.saved_share,
+                }
+            )
+    allowed = [r for r in rows if r["false_rate"] <= risk]
+    best = max(allowed or rows, key=lambda r: (r["saved"], -r["false_rate"]))
+    by_fraction = {
+        f"{fraction:g}": max(
+            (r for r in allowed if r["min_fraction"] == fraction), key=lambda r: r["saved"], default=None
+        )
+        for fraction in FRACTIONS
+    }
+    return {"chosen": best, "by_fraction": by_fraction, "candidates": len(rows), "allowed": len(allowed)}
+
+
+def calibrate(corpus_runs: Sequence[CorpusRun]) -> dict[str, Any]:
+    """(a): the shape and first decision point (on mAP50-95), then every metric's quantile per policy."""
+    curves = corpus_curves(corpus_runs, "map50_95")
+    choice = choose_shape(curves, POLICY_RISK["safe"])
+    shape = BoundShape(**choice["chosen"]["shape"])
+    fraction = choice["chosen"]["min_fraction"]
+    quantiles: dict[str, dict[str, float]] = {}
+    scores: dict[str, list[float]] = {}
+    for metric in METRICS:
+        metric_curves = corpus_curves(corpus_runs, metric)
+        terms = terms_for(metric_curves, fraction, shape)
+        for policy in POLICIES:
+            fitted = fit(metric_curves, terms, shape, fraction, POLICY_RISK[policy])
+            quantiles.setdefault(metric, {})[policy] = fitted.quantile
+            scores[metric] = sorted(fitted.scores, reverse=True)
+    return {
+        "curves": len(curves),
+        "repos": len({c.group for c in curves}),
+        "shape": shape.model_dump(),
+        "min_fraction": fraction,
+        "quantiles": quantiles,
+        "scores": scores,  # per metric, every calibration curve's score, largest first
+        "choice": choice,
+    }
+
+
+def constants_text(calibration: dict[str, Any], quantiles: dict[str, dict[str, float]]) -> str:
+    """The engine's constants as Python (what flows/engine/decisions/early.py must say): the calibration's
+    shape and first decision point, and the ``shippable`` quantiles."""
+    shape = ", ".join(f"{k}={v!r}" for k, v in calibration["shape"].items())
+    return (
+        f"BOUND_SHAPE = BoundShape({shape})\nMIN_FRACTION = {calibration['min_fraction']!r}\n"
+        f"CALIBRATED_QUANTILES = {quantiles!r}"
+    )
+
+
+def round_up(value: float, places: int = 4) -> float:
+    """Round up (a rounded quantile must still cover every score it was taken from)."""
+    if not math.isfinite(value):
+        return value
+    return math.ceil(value * 10**places) / 10**places
+
+
+def shipped_matches(calibration: dict[str, Any], quantiles: dict[str, dict[str, float]]) -> bool:
+    """True when the engine's constants are this calibration's (and its shippable quantiles)."""
+    shipped = {m: dict(by) for m, by in CALIBRATED_QUANTILES.items()}
+    return (
+        BOUND_SHAPE.model_dump() == calibration["shape"]
+        and calibration["min_fraction"] == MIN_FRACTION
+        and quantiles == shipped
+    )
+
+
+# ----------------------------------------------------------------------------- (b) report
+
+
+def candidate_rule(calibration: dict[str, Any], policy: str, metric: str) -> MetricRule | None:
+    """The rule the calibration half gives a policy for a metric (None: no finite quantile at its risk)."""
+    quantile = calibration["quantiles"].get(metric, {}).get(policy, math.inf)
+    if not math.isfinite(quantile):
+        return None
+    shape = BoundShape(**calibration["shape"])
+    return rule_with(shape, calibration["min_fraction"], round_up(quantile), POLICY_RISK[policy])
+
+
+def meets_target(result: dict[str, Any]) -> bool:
+    """The shipping rule: on the report half, the false-stop rate is at most the policy's stated risk and
+    its 95 % upper bound at most ``TARGET_FACTOR`` × that risk (safe: 1 % and 2 %, the issue's target)."""
+    risk = POLICY_RISK[result["policy"]]
+    if result["rule"] is None:
+        return False
+    return result["false_rate"] <= risk and result["false_upper95"] <= TARGET_FACTOR * risk
+
+
+def report_pairs(
+    curves: Sequence[Curve], policy: str, metric: str, rule: MetricRule | None
+) -> dict[str, Any]:
+    """A rule of ``policy`` on these curves: false stops with their upper bound, savings by gap."""
+    total = Pairs()
+    by_gap: dict[str, list[float]] = {}
+    false_curves = []
+    if rule is None:
+        quantile, shape, fraction = math.inf, BOUND_SHAPE, MIN_FRACTION
+    else:
+        quantile, shape, fraction = rule.quantile, rule.shape, rule.min_fraction
+    for curve, terms in zip(curves, terms_for(curves, fraction, shape), strict=True):
+        pairs = curve_pairs(curve, terms, shape, quantile)
+        total.add(pairs)
+        if pairs.curves_false:
+            false_curves.append(curve.name)
+        bound = bounds(terms, shape, quantile)
+        for gap in pair_gaps():
+            threshold = curve.final + gap
+            if gap > 0 and threshold <= 1.0:
+                stop = stop_epoch(terms, bound, threshold)
+                share = 0.0 if stop is None else (curve.epochs_planned - stop) / curve.epochs_planned
+                by_gap.setdefault(f"{gap:+.3f}", []).append(share)
+    return {
+        "metric": metric,
+        "policy": policy,
+        "rule": None if rule is None else {"quantile": rule.quantile, "risk": rule.risk},
+        "curves": total.curves,
+        "repos": len({c.group for c in curves}),
+        "pass_pairs": total.passes,
+        "false_stops": total.false_stops,
+        "false_rate": total.false_stops / total.passes if total.passes else 0.0,
+        "false_upper95": clopper_pearson_upper(total.false_stops, total.passes),
+        "curves_false": total.curves_false,
+        "curves_false_upper95": clopper_pearson_upper(total.curves_false, total.curves),
+        "false_curves": false_curves,
+        "fail_pairs": total.fails,
+        "saved_share": total.saved_share,
+        "saved_by_gap": {
+            g: float(np.mean(v)) for g, v in sorted(by_gap.items(), key=lambda kv: float(kv[0]))
+        },
+    }
+
+
+def report(runs: Sequence[CorpusRun], calibration: dict[str, Any]) -> list[dict[str, Any]]:
+    """(b) The calibration's rule of every policy and metric on the report half, and on the shared curves
+    when present; ``shipped``: the engine decides with it (it met its target on the report half)."""
+    out = []
+    for metric in METRICS:
+        sets = [("report half", corpus_curves(runs, metric))]
+        if SHARED_CURVES.is_dir():
+            sets.append(("../shared/curves", shared_curves(metric)))
+        for label, curves in sets:
+            for policy in POLICIES:
+                rule = candidate_rule(calibration, policy, metric)
+                shipped = rule_for(policy, metric) is not None  # type: ignore[arg-type]
+                out.append({"set": label, "shipped": shipped, **report_pairs(curves, policy, metric, rule)})
     return out
 
 
-def fraction_table(sensitivity: dict[str, dict[str, Any]]) -> str:
-    """Markdown: the earliest decision point's price."""
-    lines = [
-        "| decide from | fitted scale (binding curve) | held-out worst ratio (curve) | saved, fit x 1.25 |"
-    ]
-    lines.append("|---|---|---|---|")
-    for fraction, row in sensitivity.items():
-        fitted = f"{row['fitted_scale']:.3f} ({row['binding_curve']})"
-        worst = f"{row['held_out_worst']:.2f} ({row['held_out_worst_curve']})"
-        lines.append(f"| {float(fraction):.0%} | {fitted} | {worst} | {row['saved_share_mean']:.1%} |")
-    return "\n".join(lines)
+def shippable(calibration: dict[str, Any], results: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The quantiles the engine may ship: per metric, the policies whose rule met its target on the
+    report half."""
+    met = {(r["metric"], r["policy"]) for r in results if r["set"] == "report half" and meets_target(r)}
+    return {
+        metric: {p: round_up(q) for p, q in by.items() if (metric, p) in met}
+        for metric, by in calibration["quantiles"].items()
+        if any((metric, p) in met for p in by)
+    }
 
 
 def speed_stability(after: Sequence[int] = (2, 4, 9)) -> dict[str, dict[str, float]]:
-    """(c) How far the early images/s (median of epochs 2..1+n) is from the whole run's (epochs 2..N),
-    from the records' ``time`` column: 1 / seconds per epoch, as a fraction (+0.05: early is 5 % faster).
-
-    These times include validation (the engine's images/s does not), so they are a pessimistic stand-in.
+    """(d) How far the early images/s (median of epochs 2..1+n) is from the whole run's (epochs 2..N),
+    from the ``time`` column of ../shared/curves: 1 / seconds per epoch, as a fraction (+0.05: early is
+    5 % faster). These times include validation (the engine's images/s does not): a pessimistic stand-in.
     """
     from flows.engine.records.results_csv import epoch_durations, read_results_csv
 
     out = {}
-    for name in curve_names():
-        durations = [d for d in epoch_durations(read_results_csv(CURVES / f"{name}.csv")) if d > 0]
+    for csv in sorted(SHARED_CURVES.glob("*.csv"), key=lambda p: int(p.stem)):
+        durations = [d for d in epoch_durations(read_results_csv(csv)) if d > 0]
         if len(durations) < 12:
             continue
         whole = float(np.median(durations[1:]))
-        out[name] = {str(n): whole / float(np.median(durations[1 : 1 + n])) - 1.0 for n in after}
+        out[csv.stem] = {str(n): whole / float(np.median(durations[1 : 1 + n])) - 1.0 for n in after}
     return out
 
 
@@ -311,32 +353,21 @@ def pruned_search() -> Any:
 
 @dataclass(frozen=True)
 class CurveInfo:
-    """What the generator needs to know of a recorded run."""
+    """What the generator needs to know of a completed report-half run."""
 
     name: str
-    rows: int
     epochs: int
     final: float
-    seconds_per_epoch: float | None
-    """Median of the epochs after the first, from the record's ``time`` column (None: no clock)."""
-
-    @property
-    def completed(self) -> bool:
-        """True when the record holds every planned epoch (usable as a full phase)."""
-        return self.rows >= self.epochs
 
 
-def curve_infos() -> list[CurveInfo]:
-    """Rows, planned epochs and the final mAP50-95 of every curve."""
-    from flows.engine.records.results_csv import epoch_durations, read_results_csv
-
-    infos = []
-    for curve in load_curves("map50_95"):
-        records = read_results_csv(CURVES / f"{curve.name}.csv")
-        durations = [d for d in epoch_durations(records[: curve.epochs_planned]) if d > 0]
-        clock = float(np.median(durations[1:])) if len(durations) > 1 else None
-        infos.append(CurveInfo(curve.name, len(records), curve.epochs_planned, curve.final, clock))
-    return infos
+def curve_infos(runs: Sequence[CorpusRun]) -> list[CurveInfo]:
+    """Planned epochs and final mAP50-95 of every completed run (a whole phase to replay)."""
+    curves = {c.name: c for c in corpus_curves(runs, "map50_95")}
+    return [
+        CurveInfo(r.name, r.epochs_planned, curves[r.name].final)
+        for r in runs
+        if r.completed and r.name in curves
+    ]
 
 
 @dataclass
@@ -354,6 +385,8 @@ class Scenario:
     """Phase 3's full run of each trial's point, by trial number (empty: ``entries``' full run for any)."""
     search: dict[str, Any] = field(default_factory=dict)
     """How the trials were made: family, base and partner curves, spread, scores, the exhaustive pick."""
+    curves_dir: Path = CORPUS
+    """Where the entries' ``csv`` files are (the corpus; a test may replay ../shared/curves)."""
 
 
 def phase_entry(info: CurveInfo, minimum: float, gap: float) -> dict[str, Any]:
@@ -362,50 +395,36 @@ def phase_entry(info: CurveInfo, minimum: float, gap: float) -> dict[str, Any]:
     return {"csv": f"{info.name}.csv", "offset_map50_95": round(offset, 6)}
 
 
-def speed_entry(info: CurveInfo, images_per_s: float, *, timed: bool) -> dict[str, Any]:
-    """Throughput of a phase: constant, or (timed) derived per epoch from the record's own clock with
-    ``train_images`` chosen so that the run's median is ``images_per_s``."""
-    if timed and info.seconds_per_epoch is not None:
-        return {"train_images": max(round(images_per_s * info.seconds_per_epoch), 1)}
-    return {"images_per_s": round(images_per_s, 3)}
-
-
 def make_scenario(
     seed: int,
     infos: Sequence[CurveInfo],
     search_curves: dict[str, Any],
     trial_dir: Path,
-    *,
-    timed: bool = False,
+    gaps: dict[str, float] | None = None,
 ) -> Scenario:
     """Draw one tree: curves, gaps to the gates' minima, images/s and VRAM near the bounds, and a search.
 
-    Phases 1 and 2 and Phase 3's full run replay completed records (``infos``) shifted to ``gap`` from
-    their gate's minimum. Phase 3's nine trials are a search of ``pruned_search.make_search`` drawn from
-    its held-out pool (the pruner's settings were calibrated on the other pool), written as results.csv
-    files into ``trial_dir``. The full run of trial i is the full-run record shifted by what trial i's
-    point is worth against the exhaustive pick's (ratio of the trials' noise-free scores), so a pruned
-    search that picks another trial changes the full run's figure as a worse or better point would.
-
-    ``timed``: Phases 1 and 2 replay curves with a ``time`` column and take their per-epoch images/s
-    from it (real epoch-to-epoch variation, validation included), so speed-up decisions meet noise.
+    Phases 1 and 2 and Phase 3's full run replay completed report-half runs (``infos``), each shifted to
+    a gap from its gate's minimum drawn from the pair gaps (−0.05 … +0.05). Phase 3's nine trials are a
+    search of ``pruned_search.make_search`` drawn from its held-out pool, written as results.csv files
+    into ``trial_dir``. The full run of trial i is the full-run record shifted by what trial i's point is
+    worth against the exhaustive pick's (ratio of the trials' noise-free scores), so a pruned search that
+    picks another trial changes the full run's figure as a worse or better point would. ``gaps`` replaces
+    the drawn gaps of the phases it names (the draws stay the same).
     """
     from tasks.trainers.replay import format_results_csv
 
     ps = pruned_search()
     rng = np.random.default_rng(seed)
-    phases = [i for i in infos if i.completed]
-    clocked = [i for i in phases if i.seconds_per_epoch is not None] if timed else phases
-    pools = {"phase1": clocked, "phase2": clocked, "phase3": phases}
-    pick = {node: pool[int(rng.integers(len(pool)))] for node, pool in pools.items()}
-    gaps = {node: float(rng.uniform(*PHASE_GAP)) for node in pick}
+    gaps_drawn = pair_gaps()
+    pick = {node: infos[int(rng.integers(len(infos)))] for node in ("phase1", "phase2", "phase3")}
+    gaps = {node: float(gaps_drawn[int(rng.integers(len(gaps_drawn)))]) for node in pick} | (gaps or {})
     ips1 = float(rng.uniform(30.0, 60.0))
     speedup = float(rng.uniform(*SPEEDUP_RANGE))
     vram2 = float(rng.uniform(*VRAM_RANGE))
-    e1 = phase_entry(pick["phase1"], 0.915, gaps["phase1"]) | speed_entry(pick["phase1"], ips1, timed=timed)
+    e1 = phase_entry(pick["phase1"], 0.915, gaps["phase1"]) | {"images_per_s": round(ips1, 3)}
     e1 |= {"nvml_peak_used_gb": round(float(rng.uniform(14.0, 22.0)), 3)}
-    e2 = phase_entry(pick["phase2"], 0.905, gaps["phase2"])
-    e2 |= speed_entry(pick["phase2"], ips1 * (1 + speedup), timed=timed)
+    e2 = phase_entry(pick["phase2"], 0.905, gaps["phase2"]) | {"images_per_s": round(ips1 * (1 + speedup), 3)}
     e2 |= {"nvml_peak_used_gb": round(vram2, 3)}
     family = ps.FAMILIES[int(rng.integers(len(ps.FAMILIES)))]
     search = ps.make_search(search_curves, ps.HELD_OUT, "prefix", family, seed, SEARCH_SEED)
@@ -448,11 +467,6 @@ class Variant:
     full_run: str = "restart"
     pruner: str = "none"
     """``none`` or ``successive_halving`` (its calibrated defaults: min_resource 10, reduction_factor 2)."""
-    held_out: bool = False
-    """The mAP50-95 rule's scale fitted without the curves the scenario's phases replay."""
-    seeded_continue: bool = False
-    """A continued full run's early decision is given its first epochs (``Stoppers(spec, history)``).
-    The train task does not do this today: its history is only kept for a resume of the same training."""
 
     @property
     def search(self) -> str:
@@ -470,16 +484,11 @@ VARIANTS = (
     Variant("search only + SH", **SEARCH, **SH),
     Variant("engine", early="safe", **SEARCH),
     Variant("engine + SH", early="safe", **SEARCH, **SH),
-    Variant("engine, held-out", early="safe", **SEARCH, held_out=True),
-    Variant("engine + SH, held-out", early="safe", **SEARCH, **SH, held_out=True),
-    Variant("engine, continued run seeded", early="safe", **SEARCH, seeded_continue=True),
-    Variant("engine + SH, continued run seeded", early="safe", **SEARCH, **SH, seeded_continue=True),
     Variant("aggressive engine + SH", early="aggressive", **SEARCH, **SH),
-    Variant("aggressive engine + SH, held-out", early="aggressive", **SEARCH, **SH, held_out=True),
 )
 """Walks per scenario; the first is the naive walk every other is compared with. naive: the seed plan
 (no early decisions, 9 short trials, the full run restarted); engine: the shipped plan (safe, prefix
-trials, the best continues, no pruner)."""
+trials, the best continues and its early decision sees the trial's epochs, no pruner)."""
 VARIANT = {v.name: v for v in VARIANTS}
 
 
@@ -487,24 +496,8 @@ def without_early(variant: Variant) -> str | None:
     """The walk with the same Phase 3 settings and no early decisions (the naive walk for the seed's)."""
     same = (variant.schedule, variant.full_run, variant.pruner)
     return next(
-        (
-            v.name
-            for v in VARIANTS
-            if v.early == "off" and not v.held_out and (v.schedule, v.full_run, v.pruner) == same
-        ),
-        None,
+        (v.name for v in VARIANTS if v.early == "off" and (v.schedule, v.full_run, v.pruner) == same), None
     )
-
-
-TIMED_VARIANTS = (
-    "naive",
-    "early only",
-    "search only",
-    "search only + SH",
-    "engine",
-    "engine + SH",
-    "engine + SH, continued run seeded",
-)
 
 
 def scenario_plan(base: Any, scenario: Scenario, variant: Variant, storage: str | None) -> Any:
@@ -552,7 +545,7 @@ class EngineExecutor:
         *,
         space: Sequence[str] = (),
         full_runs: Sequence[Any] = (),
-        rules: dict[str, MetricRule] | None = None,
+        rules: dict[str, Any] | None = None,
         seed_continued: bool = False,
     ) -> None:
         from tasks.trainers.replay import ReplayTrainer
@@ -657,7 +650,7 @@ def scenario_replays(scenario: Scenario) -> tuple[Any, tuple[Any, ...]]:
     """The scenario's replay SPEC and Phase 3's full run per trial, validated once for all its walks."""
     from flows.engine.records.replay_spec import ReplaySpec, RunEntry
 
-    context = {"base_dir": CURVES}
+    context = {"base_dir": scenario.curves_dir}
     replay = ReplaySpec.model_validate({"nodes": scenario.entries}, context=context)
     full = tuple(RunEntry.model_validate(e, context=context) for e in scenario.full_by_trial)
     return replay, full
@@ -668,7 +661,6 @@ def walk(
     scenario: Scenario,
     variant: Variant | str,
     work: Path,
-    needs: dict[str, float] | None = None,
     *,
     replays: tuple[Any, tuple[Any, ...]] | None = None,
     storage: str = "memory",
@@ -685,13 +677,7 @@ def walk(
     ref = f"memory:early-bench-{uuid.uuid4().hex}" if storage == "memory" else None
     plan = scenario_plan(cfg.plan, scenario, variant, ref)
     search = next(n for n in plan.nodes.values() if isinstance(n, SearchNode))
-    ex = EngineExecutor(
-        replay,
-        space=tuple(search.space),
-        full_runs=full_runs,
-        rules=held_out_rules(scenario, variant, needs or {}),
-        seed_continued=variant.seeded_continue,
-    )
+    ex = EngineExecutor(replay, space=tuple(search.space), full_runs=full_runs, seed_continued=True)
     state = walk_tree(cfg.model_copy(update={"plan": plan}), work, ex)
     return {
         "terminal": state.terminal,
@@ -705,22 +691,6 @@ def walk(
     }
 
 
-def held_out_rules(
-    scenario: Scenario, variant: Variant, needs: dict[str, float]
-) -> dict[str, MetricRule] | None:
-    """For a held-out variant: the mAP50-95 rule fitted without the scenario's phase curves."""
-    if not variant.held_out:
-        return None
-    fitted = max(v for name, v in needs.items() if name not in phase_curve_names(scenario))
-    factor = SAFE_RESERVES["map50_95"] if variant.early == "safe" else 1.0
-    return {"map50_95": MetricRule(scale=fitted * factor)}
-
-
-def phase_curve_names(scenario: Scenario) -> set[str]:
-    """The recorded runs the scenario's Phases 1 and 2 and Phase 3's full run replay."""
-    return {Path(c).stem for c in phase_curves(scenario).values()}
-
-
 def phase_curves(scenario: Scenario) -> dict[str, str]:
     """Which recorded run each phase replays (a search: its full run)."""
     return {node: entry.get("csv") or entry["full"]["csv"] for node, entry in scenario.entries.items()}
@@ -729,7 +699,7 @@ def phase_curves(scenario: Scenario) -> dict[str, str]:
 def ceiling_epochs(row: dict[str, Any], *, continued: bool = False) -> int:
     """GPU-epochs of an oracle that knows every final figure but waits as the rules do: a lost VRAM
     condition at epoch 1, a speed-up lost beyond the tolerance after the stable epochs, a lost metric at
-    30 % of the schedule; the best any rule of this family can do on the scenario (trials untouched).
+    the rule's first decision point; the best any rule of this family can do (trials untouched).
 
     ``continued``: Phase 3's full run continues the best trial's 20 epochs (it trains the rest; a
     decision due before its first epoch is taken at its first)."""
@@ -741,7 +711,7 @@ def ceiling_epochs(row: dict[str, Any], *, continued: bool = False) -> int:
         n = row["epochs"][node]
         stops = []
         if gate in naive["lost"]:
-            stops = [math.ceil(FIT_FRACTION * n)] if row["gaps"][node] < 0 else []
+            stops = [math.ceil(MIN_FRACTION * n)] if row["gaps"][node] < 0 else []
             if node == "phase2" and row["vram2"] > 20.0:
                 stops.append(1)
             if node == "phase2" and row["speedup"] < 0.25 - 0.05:
@@ -754,19 +724,17 @@ def ceiling_epochs(row: dict[str, Any], *, continued: bool = False) -> int:
 
 
 def tree_benchmark(
+    runs: Sequence[CorpusRun],
     n: int,
     seed: int,
     *,
-    timed: bool = False,
     variants: Sequence[str] = tuple(VARIANT),
     storage: str = "memory",
     log: bool = True,
 ) -> dict[str, Any]:
-    """(b): every scenario walked by every variant (the first: naive)."""
-    cfg, infos = base_config(), curve_infos()
+    """(c): every scenario walked by every variant (the first: naive)."""
+    cfg, infos = base_config(), curve_infos(runs)
     search_curves = pruned_search().load_curves()
-    fit = MetricRule(scale=1.0, min_fraction=FIT_FRACTION)
-    needs = {c.name: required_scale(c, fit) for c in load_curves("map50_95")}
     chosen = [VARIANT[v] for v in variants]
     assert chosen[0].name == "naive", "the naive walk comes first"
     rows = []
@@ -776,7 +744,7 @@ def tree_benchmark(
         trial_dir = Path(tmp) / "trial-curves"
         trial_dir.mkdir()
         for i in range(n):
-            scenario = make_scenario(seed * 100_000 + i, infos, search_curves, trial_dir, timed=timed)
+            scenario = make_scenario(seed * 100_000 + i, infos, search_curves, trial_dir)
             replays = scenario_replays(scenario)
             row: dict[str, Any] = {
                 "seed": scenario.seed,
@@ -789,9 +757,7 @@ def tree_benchmark(
             }
             for variant in chosen:
                 folder = Path(tmp) / f"{i}-{variant.name.replace(' ', '-').replace(',', '')}"
-                row[variant.name] = walk(
-                    cfg, scenario, variant, folder, needs, replays=replays, storage=storage
-                )
+                row[variant.name] = walk(cfg, scenario, variant, folder, replays=replays, storage=storage)
             row["ceiling_epochs"] = ceiling_epochs(row)
             row["ceiling_continued_epochs"] = ceiling_epochs(row, continued=True)
             rows.append(row)
@@ -803,11 +769,10 @@ def tree_benchmark(
         key: {"gate_lost_share_total": ceiling_share(lost, key), "all_share_total": ceiling_share(rows, key)}
         for key in ("ceiling_epochs", "ceiling_continued_epochs")
     }
-    naive_terminals = Counter(r["naive"]["terminal"] for r in rows)
     return {
         "scenarios": rows,
         "summary": summary,
-        "naive_terminals": dict(naive_terminals),
+        "naive_terminals": dict(Counter(r["naive"]["terminal"] for r in rows)),
         "naive_epochs_by": {
             part: dict(sum((Counter(r["naive"]["epochs_by"]) for r in subset), Counter()))
             for part, subset in (("all", rows), ("gate_lost", lost))
@@ -864,8 +829,7 @@ def tree_summary(rows: Sequence[dict[str, Any]], variant: Variant) -> dict[str, 
     decisions = [d for r in rows for d in r[name]["decisions"]]
     checks = Counter(f"{d['subject']}:{d['check']}" for d in decisions)
     return {
-        "variant": {k: getattr(variant, k) for k in ("early", "schedule", "full_run", "pruner", "held_out")}
-        | {"seeded_continue": variant.seeded_continue},
+        "variant": {k: getattr(variant, k) for k in ("early", "schedule", "full_run", "pruner")},
         "scenarios": len(rows),
         "same_terminal": sum(r[name]["terminal"] == r["naive"]["terminal"] for r in rows) / len(rows),
         "same_path": sum(r[name]["path"] == r["naive"]["path"] for r in rows) / len(rows),
@@ -911,33 +875,83 @@ def machine() -> dict[str, str]:
     }
 
 
-def pair_table(results: Sequence[dict[str, Any]]) -> str:
-    """Markdown: per metric and policy, false stops and savings, in-sample and held-out."""
+def corpus_table(corpus: Any) -> str:
+    """Markdown: runs and repositories per half."""
     lines = [
-        "| metric | policy | check | false stops / pass pairs | mean share of epochs saved on fail pairs |",
+        "| half | runs | repositories | completed runs | planned epochs (min–median–max) |",
         "|---|---|---|---|---|",
     ]
-    for res in results:
-        for policy in POLICIES:
-            for mode in ("in_sample", "held_out"):
-                s = res[f"{policy}_{mode}"]
-                stops = f"{s['false_stops']}/{s['pass_pairs']} ({s['false_stop_rate']:.1%})"
-                check = mode.replace("_", "-")
-                lines.append(
-                    f"| {res['metric']} | {policy} | {check} | {stops} | {s['saved_share_mean']:.1%} |"
-                )
+    for half in ("calibration", "report"):
+        runs = corpus.half(half)
+        planned = sorted(r.epochs_planned for r in runs)
+        spread = f"{planned[0]}–{planned[len(planned) // 2]}–{planned[-1]}" if planned else "–"
+        done = sum(r.completed for r in runs)
+        lines.append(f"| {half} | {len(runs)} | {len(corpus.repos(half))} | {done} | {spread} |")
     return "\n".join(lines)
 
 
-def gap_table(res: dict[str, Any]) -> str:
-    """Markdown: share of epochs saved on fail pairs by gap (threshold above the final figure)."""
-    gaps = [g for g in res["safe_in_sample"]["saved_share_by_gap"]]
-    lines = ["| policy | " + " | ".join(gaps) + " |", "|---|" + "---|" * len(gaps)]
-    for policy in POLICIES:
-        for mode in ("in_sample", "held_out"):
-            by = res[f"{policy}_{mode}"]["saved_share_by_gap"]
-            cells = " | ".join(f"{by[g]:.0%}" for g in gaps)
-            lines.append(f"| {policy} {mode.replace('_', '-')} | {cells} |")
+def calibration_table(calibration: dict[str, Any]) -> str:
+    """Markdown: the chosen shape per first decision point (cross-validated) and the quantiles."""
+    lines = [
+        "| decide from | best shape (noise, floor, mosaic) | held-out false stops "
+        "| held-out saved on fail pairs |",
+        "|---|---|---|---|",
+    ]
+    for fraction, row in calibration["choice"]["by_fraction"].items():
+        if row is None:
+            lines.append(f"| {float(fraction):.0%} | none within the risk | | |")
+            continue
+        s = row["shape"]
+        lines.append(
+            f"| {float(fraction):.0%} | {s['noise_weight']:g}, {s['floor']:g}, {s['mosaic_lift']:g} "
+            f"| {row['false_stops']}/{row['pass_pairs']} | {row['saved']:.1%} |"
+        )
+    lines += [
+        "",
+        "| metric | safe quantile (1 %) | aggressive quantile (5 %) | largest scores |",
+        "|---|---|---|---|",
+    ]
+    for metric, by in calibration["quantiles"].items():
+        top = ", ".join(f"{s:.3f}" for s in calibration["scores"][metric][:5])
+        lines.append(f"| {metric} | {by['safe']:.4f} | {by['aggressive']:.4f} | {top} |")
+    return "\n".join(lines)
+
+
+def report_table(results: Sequence[dict[str, Any]]) -> str:
+    """Markdown: false stops with their upper bound, and savings, per set, metric and policy."""
+    lines = [
+        "| set | metric | policy (quantile) | curves (repos) | false stops / pass pairs | 95 % upper bound "
+        "| curves with a false stop (upper bound) | saved on fail pairs | shipped |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        shipped = "yes" if r["shipped"] else "no"
+        if r["rule"] is None:
+            head = f"| {r['set']} | {r['metric']} | {r['policy']} (none) | {r['curves']} ({r['repos']})"
+            lines.append(f"{head} | never decides | | | 0 | {shipped} |")
+            continue
+        lines.append(
+            f"| {r['set']} | {r['metric']} | {r['policy']} ({r['rule']['quantile']:.4f}) "
+            f"| {r['curves']} ({r['repos']}) "
+            f"| {r['false_stops']}/{r['pass_pairs']} ({r['false_rate']:.2%}) | {r['false_upper95']:.2%} "
+            f"| {r['curves_false']} ({r['curves_false_upper95']:.1%}) | {r['saved_share']:.1%} | {shipped} |"
+        )
+    return "\n".join(lines)
+
+
+def gap_table(results: Sequence[dict[str, Any]], metric: str = "map50_95") -> str:
+    """Markdown: share of the schedule saved on fail pairs by how far the threshold is above the final."""
+    rows = [r for r in results if r["metric"] == metric and r["rule"] is not None]
+    if not rows:
+        return ""
+    gaps = list(rows[0]["saved_by_gap"])
+    lines = ["| set | policy | " + " | ".join(gaps) + " |", "|---|---|" + "---|" * len(gaps)]
+    for r in rows:
+        lines.append(
+            f"| {r['set']} | {r['policy']} | "
+            + " | ".join(f"{r['saved_by_gap'][g]:.0%}" for g in gaps)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -952,7 +966,7 @@ def tree_table(summary: dict[str, Any]) -> str:
         if name == "ceiling":
             continue
         v = VARIANT[name]
-        early = v.early + (", held-out" if v.held_out else "") + (", seeded" if v.seeded_continue else "")
+        early = v.early
         twin = s["same_terminal_without_early"]
         twin_cell = "–" if twin is None else f"{twin:.1%} ({s['without_early']})"
         same = f"{s['same_terminal']:.1%} | {s['same_path']:.1%} | {twin_cell}"
@@ -1015,14 +1029,12 @@ def speed_table(stability: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run (a), (c) and (b), print the Markdown tables, write the JSON."""
+    """Run (a), (b), (d) and (c), print the Markdown tables, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--timed-scenarios", type=int, default=100, help="scenarios with clocked speeds")
     parser.add_argument("--skip-trees", action="store_true")
-    parser.add_argument("--skip-pairs", action="store_true", help="only (b): the whole trees")
     parser.add_argument(
         "--variants", nargs="+", default=list(VARIANT), choices=list(VARIANT), help="walks (naive is added)"
     )
@@ -1033,51 +1045,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the search's Optuna study: in memory, or the engine's default optuna.db in the run folder",
     )
     args = parser.parse_args(argv)
-    if not CURVES.is_dir():
-        print(f"no recorded curves at {CURVES}", file=sys.stderr)
-        return 2
     started = time.time()
-    report: dict[str, Any] = {
-        "machine": machine(),
-        "gaps": GAPS,
-        "fitted_scales_shipped": FITTED_SCALES,
-        "safe_reserves": SAFE_RESERVES,
-        "aggressive_min_fraction": AGGRESSIVE_MIN_FRACTION,
-    }
-    print(json.dumps(report["machine"]))
-    if not args.skip_pairs:
-        report["pairs"] = [pair_benchmark(metric) for metric in METRICS]
-        report["speed_stability"] = speed_stability()
-        report["reserve_sensitivity"] = reserve_sensitivity()
-        report["fraction_sensitivity"] = fraction_sensitivity()
-        print(pair_table(report["pairs"]))
-        print()
-        print(gap_table(report["pairs"][0]))
-        for res in report["pairs"]:
-            print(f"{res['metric']}: fitted scale {res['fitted_scale']:.4f}")
-        print(speed_table(report["speed_stability"]))
-        print(reserve_table(report["reserve_sensitivity"]))
-        print(fraction_table(report["fraction_sensitivity"]))
-    variants = ["naive", *(v for v in args.variants if v != "naive")]
-    runs = [("trees", args.scenarios, args.seed, False, variants)]
-    if args.timed_scenarios:
-        timed_variants = ["naive", *(v for v in TIMED_VARIANTS if v in variants and v != "naive")]
-        runs.append(("timed_trees", args.timed_scenarios, args.seed + 1, True, timed_variants))
-    for key, n, seed, timed, chosen in [] if args.skip_trees else runs:
-        result = tree_benchmark(n, seed, timed=timed, variants=chosen, storage=args.storage)
-        report[key] = result
-        print()
-        print(f"{key}: {n} scenarios, {result['seconds']:.0f} s; naive terminals {result['naive_terminals']}")
+    corpus = load_corpus()
+    out: dict[str, Any] = {"machine": machine(), "dropped": corpus.dropped}
+    print(json.dumps(out["machine"]))
+    print(corpus_table(corpus))
+    calibration = calibrate(corpus.half("calibration"))
+    out["calibration"] = calibration
+    print(calibration_table(calibration))
+    out["report"] = report(corpus.half("report"), calibration)
+    print(report_table(out["report"]))
+    quantiles = shippable(calibration, out["report"])
+    out["shippable"] = quantiles
+    print(constants_text(calibration, quantiles))
+    if not shipped_matches(calibration, quantiles):
+        print("NOTE: the engine's constants differ from this calibration", file=sys.stderr)
+    print(gap_table(out["report"]))
+    if SHARED_CURVES.is_dir():
+        out["speed_stability"] = speed_stability()
+    if not args.skip_trees:
+        if not SHARED_CURVES.is_dir():
+            print(f"no ../shared/curves at {SHARED_CURVES}: Phase 3's trials cannot be made", file=sys.stderr)
+            return 2
+        variants = ["naive", *(v for v in args.variants if v != "naive")]
+        result = tree_benchmark(
+            corpus.half("report"), args.scenarios, args.seed, variants=variants, storage=args.storage
+        )
+        out["trees"] = result
+        took = f"{result['seconds']:.0f} s"
+        print(f"trees: {args.scenarios} scenarios, {took}; naive terminals {result['naive_terminals']}")
         print(tree_table(result["summary"]))
         print()
         print("gate lost, by role:")
         print(role_table(result["summary"], result["naive_epochs_by"]["gate_lost"]))
         print()
         print(decision_lines(result["summary"]))
-    report["seconds"] = time.time() - started
+    out["seconds"] = time.time() - started
     if args.out:
-        args.out.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-    print(f"done in {report['seconds']:.0f} s")
+        args.out.write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
+    print(f"done in {out['seconds']:.0f} s")
     return 0
 
 

@@ -44,6 +44,19 @@ def write_plan(tmp_path: Path, shipped_plan_doc: dict[str, Any]) -> Callable[...
     return make
 
 
+@pytest.fixture
+def known_rule(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Early metric decisions with known constants (mAP50-95 only: quantile 0.5 of the default shape for
+    ``safe``, from 30 % of the schedule), for tests of the walk's mechanics rather than of the calibration
+    (tests/test_early_corpus.py checks the shipped constants against the corpus)."""
+    from flows.engine.decisions import early
+
+    monkeypatch.setattr(early, "CALIBRATED_QUANTILES", {"map50_95": {"safe": 0.5, "aggressive": 0.25}})
+    monkeypatch.setattr(early, "BOUND_SHAPE", early.BoundShape())
+    monkeypatch.setattr(early, "MIN_FRACTION", 0.3)
+    return early.rule_for("safe", "map50_95")
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
     """One real (ephemeral, SQLite) Prefect server for every flow test of the session.

@@ -15,10 +15,10 @@ from flows.engine.plan.cost import NodeSpeed, branch_costs, earliest_stop, hours
 from flows.engine.records.results import EpochRecord, PhaseResult
 
 
-def test_shipped_plan_branches_naive_and_at_their_cheapest(demo_data):
+def test_shipped_plan_branches_naive_and_at_their_cheapest(demo_data, known_rule):
     """Worked by hand from the shipped plan: 100-epoch phases, 9 prefix trials of 20 epochs whose best
-    continues to epoch 100 (80 more), safe early decisions on every gate (a metric from 30 % = epoch 30, a
-    VRAM bound from epoch 1), no pruner.
+    continues to epoch 100 (80 more), safe early decisions on every gate (a metric from 30 % = epoch 30 with
+    the ``known_rule`` constants, a VRAM bound from epoch 1), no pruner.
 
     deploy_phase1: phase1 passes gate1 → 100 in full.
     deploy_phase2: phase1 lost at 30, phase2 passes → 30 + 100.

@@ -1,7 +1,8 @@
 """Early gate decisions in the walk (issue 9 §1): the judging gate's policy reaches the training, the
 phase stops, the gate fails with the decision in its table, and the tree goes on.
 
-The rule itself (bounds, calibration on the shared curves) is tested in ``test_early.py``.
+The rule itself is tested in ``test_early.py``, its calibration on the corpus in ``test_early_corpus.py``;
+the walks here decide with known constants (the ``known_rule`` fixture).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPLAYS, SHIPPED_PLAN, needs_shared
+from conftest import REPLAYS, SHARED, SHIPPED_PLAN, needs_shared
 
 from flows.engine.config import OptimizeRequest, prepare
 from flows.engine.decisions.walk import train_spec
@@ -53,7 +54,7 @@ def test_spec_carries_the_judging_gate_only_when_its_policy_is_on(demo_data, tmp
 
 
 @needs_shared
-def test_continued_full_run_decides_from_its_trials_first_epoch(demo_data, tmp_path):
+def test_continued_full_run_decides_from_its_trials_first_epoch(demo_data, tmp_path, known_rule):
     """The full run that continues Phase 3's best trial (keep_baseline: every node replays curve 23)
     starts its history with that trial's 20 epochs, so its early decision falls where Phase 1's did
     on the same curve (epoch 30); from its own epochs alone a metric bound could never be decided."""
@@ -74,9 +75,24 @@ def test_continued_full_run_decides_from_its_trials_first_epoch(demo_data, tmp_p
     assert {e["node"] for e in events} == {"phase3"} and decision.terminal == "keep_baseline"
 
 
+def first_stop(rule) -> tuple[int, int]:
+    """Where the pure bound on curve 23 (what keep_baseline replays for Phase 1) first falls below gate1's
+    0.915: (epoch, epochs saved)."""
+    from flows.engine.decisions.early import metric_series, metric_upper_bound
+    from flows.engine.records.results_csv import read_results_csv
+
+    values = metric_series(read_results_csv(SHARED / "curves" / "23.csv")[:100], "map50_95")
+    for k in range(1, 100):
+        bound = metric_upper_bound(values[:k], 100, rule)
+        if bound is not None and bound < 0.915:
+            return k, 100 - k
+    raise AssertionError("the bound never falls below 0.915")
+
+
 @needs_shared
-def test_replayed_walk_stops_lost_phases_and_keeps_the_terminal(demo_data, tmp_path):
-    """keep_baseline replayed with the shipped plan's safe decisions: same terminal, far fewer epochs."""
+def test_replayed_walk_stops_lost_phases_and_keeps_the_terminal(demo_data, tmp_path, known_rule):
+    """keep_baseline replayed with the shipped plan's safe decisions (``known_rule``'s constants): same
+    terminal, far fewer epochs."""
     from flows.fod_flow import optimize
 
     runs = tmp_path / "runs"
@@ -89,13 +105,17 @@ def test_replayed_walk_stops_lost_phases_and_keeps_the_terminal(demo_data, tmp_p
     phase1 = decision.phases[0]
     assert phase1.status == "stopped" and phase1.early_decision is not None
     early = phase1.early_decision
-    assert (early.gate, early.check, early.epoch, early.epochs_saved) == ("gate1", "metric", 30, 70)
+    assert (early.gate, early.check, early.epoch, early.epochs_saved) == (
+        "gate1",
+        "metric",
+        *first_stop(known_rule),
+    )
     assert phase1.epochs_done == early.epoch, "stopped right after the epoch that decided"
     assert early.bound < 0.915 and "cannot pass" in early.reason
     gate1 = decision.gates[0]
     assert gate1.outcome == "fail" and gate1.rows[-1].condition == "early decision: map50_95"
     saved = json.loads((runs / decision.run_id / "decision.json").read_text(encoding="utf-8"))
-    assert saved["phases"][0]["early_decision"]["epochs_saved"] == 70
+    assert saved["phases"][0]["early_decision"]["epochs_saved"] == early.epochs_saved
     report = (runs / decision.run_id / "REPORT.md").read_text(encoding="utf-8")
     assert "early decision: map50_95" in report
 

@@ -134,7 +134,7 @@ def assert_files_sound(run_dir: Path) -> None:
 
 
 REPLAY_POINTS = [
-    ("deploy_phase3", "epoch:phase1:20"),  # during a train node, before its early decision (epoch 30)
+    ("deploy_phase3", "epoch:phase1:20"),  # during a train node (safe does not stop it on mAP50-95)
     ("deploy_phase3", "journal:phase1"),  # between a node and its journal line
     ("deploy_phase3", "journal:gate:gate1"),  # between a gate and its journal line
     ("deploy_phase3", "epoch:phase3:12"),  # during a search trial (each trial replays 20 epochs)

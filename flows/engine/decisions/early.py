@@ -1,34 +1,20 @@
 """Early gate decisions: stop a running phase once the gate that will judge it can no longer pass.
 
-Why: a plan of three 100-epoch phases and a search costs days of GPU time, and a phase whose gate is
-already lost (VRAM over its bound, too slow, or an accuracy it cannot reach in the epochs left) trains
-on for nothing. After every epoch, ``decide`` asks of each condition of the judging gate whether it is
-already lost, and only ever answers "lost" (never "passed": an early stop makes the phase incomplete,
-so a gate that requires ``completed`` is never passed early, and a gate is only stopped for when some
-other condition is lost).
+After every epoch ``decide`` asks of each condition of the judging gate whether it is already lost, and
+only ever answers "lost" (never "passed": stopping makes the phase incomplete, so a gate that requires
+``completed`` is never passed early). VRAM over its bound and a speed-up that cannot be reached are
+settled by their nature; a metric is lost when an upper bound on the gate's figure, taken at a stated
+risk, is below the minimum:
 
-What settles when (docs/EARLY_DECISIONS.md has the derivation and the benchmark):
+    bound = best so far + quantile × headroom(curve so far)
 
-- **VRAM**: the figure a gate reads is a peak over the whole run; a per-epoch reading over the bound
-  can only grow, so the condition is lost the epoch it is seen.
-- **speed-up**: the run's images/s is the median over the epochs after the first; once
-  ``speed_after_epochs`` epochs after the warm-up one are measured, a speed-up below its minimum by
-  more than the plan's ``speed_tolerance`` is lost.
-- **metric** (the gate reads it at the epoch with the best Ultralytics fitness): from 30 % of the
-  schedule on, an upper bound on that figure from the curve so far, ``best so far + scale × headroom``,
-  where the headroom adds the curve's recent slope extrapolated over the epochs left, its epoch-to-epoch
-  noise, a floor that shrinks with the schedule left (LR decay) and a lift for the mosaic-off epochs
-  still ahead (``close_mosaic``). ``scale`` is calibrated per metric on the 18 recorded curves of
-  ``../shared/curves`` (``fit_scale``) and checked leave-one-curve-out; the safe policy adds a reserve
-  on top and has no rule for precision (its figure at the best-fitness epoch does not follow the curve).
-- **divergence**: never decided early. A run diverges when its NaN recoveries are exhausted, and then
-  the trainer ends it by itself; a recovery that worked is no sign of a lost gate.
-- **completed**: never a reason to stop (it would be a decision made by stopping).
+``headroom`` is the curve's own measure of what the rest of the schedule may add (its recent rise
+extrapolated, its epoch-to-epoch noise, the share of the schedule left, mosaic-off epochs ahead), and
+``quantile`` a split-conformal quantile, at the policy's risk, of how many headrooms real curves still
+rose after each decision epoch. The rule's form, its calibration on real runs of public repositories
+and its figures on runs of other repositories are in docs/EARLY_DECISIONS.md.
 
-An unknown figure (no GPU: no VRAM; no reference phase; no metric) never decides anything.
-
-Pure: numpy, pydantic and PyYAML (to read a curve's args.yaml for calibration); no Prefect, torch or GPU;
-nothing happens at import time.
+Pure: numpy and pydantic; no Prefect, torch or GPU; nothing happens at import time.
 """
 
 from __future__ import annotations
@@ -36,10 +22,9 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-import yaml
 from pydantic import Field
 
 from flows.engine.base import Frozen
@@ -65,32 +50,28 @@ from flows.engine.records.results import (
     EpochEvent,
     EpochRecord,
 )
-from flows.engine.records.results_csv import best_epoch, epoch_durations, read_results_csv
+from flows.engine.records.results_csv import epoch_durations
 
 DEFAULT_CLOSE_MOSAIC = 10
 """Ultralytics' ``close_mosaic``: mosaic augmentation is switched off for the last 10 epochs."""
 
-FITTED_SCALES: dict[str, float] = {"map50_95": 0.356, "map50": 0.459, "precision": 1.452, "recall": 0.363}
-"""``fit_scale`` of ``BOUND_SHAPE`` per metric on the 18 curves of ../shared/curves, rounded up: the
-smallest scale whose bound covers every curve's final best.pt figure from 30 % of its schedule on.
-benchmarks/early_decisions.py recomputes them and tests/test_early.py checks them."""
 
-SAFE_RESERVES: dict[str, float] = {"map50_95": 1.25, "recall": 1.25, "map50": 1.62}
-"""The safe policy's factor over the fitted scale: max(1.25, 1.1 × the held-out worst case). Leave one
-curve out, a scale fitted on 17 curves covered the 18th up to a factor of 1.005 (mAP50-95), 1.008
-(recall) and 1.47 (mAP50, curve 17). Precision has no safe rule: its figure at the best-fitness epoch
-jumps with the confidence threshold (curve 27 needs 4.2 times the scale the other 17 need)."""
+class HeadroomTerms(NamedTuple):
+    """What the curve so far says about the rest of its schedule, each in metric units (but ``left`` and
+    ``mosaic``), unchanged when the curve is shifted up or down."""
+
+    rise: float
+    """The recent trend's slope (if rising) times the epochs left."""
+    noise: float
+    """The scatter of the recent epochs around that trend (residual standard deviation)."""
+    left: float
+    """The share of the schedule left: LR decay keeps lifting curves that look flat."""
+    mosaic: float
+    """1 while no mosaic-off epoch has been trained yet (they often lift the curve), else 0."""
 
 
 class BoundShape(Frozen):
-    """The headroom of the metric bound: what the rest of the schedule may still add, before scaling.
-
-    headroom = slope_weight × (recent slope per epoch, if rising) × epochs left
-             + noise_weight × (epoch-to-epoch scatter around that trend)
-             + floor × (fraction of the schedule left)
-             + mosaic_lift (while no mosaic-off epoch has been seen yet)
-    All terms are in metric units and do not change when a curve is shifted up or down.
-    """
+    """How the headroom weighs its terms (chosen on the calibration half; docs/EARLY_DECISIONS.md)."""
 
     slope_weight: float = Field(default=1.0, ge=0)
     noise_weight: float = Field(default=3.0, ge=0)
@@ -99,52 +80,61 @@ class BoundShape(Frozen):
     window_fraction: float = Field(default=0.5, gt=0, le=1)
     """The trend is fitted on the last ``window_fraction`` of the epochs so far (at least ``min_epochs``)."""
 
-
-BOUND_SHAPE = BoundShape()
+    def combine(self, terms: HeadroomTerms) -> float:
+        """The headroom these weights give to the terms."""
+        return (
+            self.slope_weight * terms.rise
+            + self.noise_weight * terms.noise
+            + self.floor * terms.left
+            + self.mosaic_lift * terms.mosaic
+        )
 
 
 class MetricRule(Frozen):
-    """A metric bound of one policy: its shape, its scale, and from when on it may decide."""
+    """A metric bound of one policy: its shape, its quantile and risk, and from when on it may decide."""
 
-    shape: BoundShape = BOUND_SHAPE
-    scale: float = Field(gt=0)
+    shape: BoundShape = BoundShape()
+    quantile: float = Field(ge=0)
+    """Headrooms added to the best so far: the conformal quantile of the calibration runs' scores."""
+    risk: float = Field(gt=0, lt=1)
+    """The stated probability that the bound is below the final figure at some decision epoch of a new
+    run (exchangeable with the calibration runs): the most often a phase that would pass is stopped."""
     min_fraction: float = Field(default=0.3, ge=0, le=1)
     """No decision before this fraction of the planned epochs: early curves (warm-up, from-scratch
-    plateaus) say nothing about where they end (docs/EARLY_DECISIONS.md)."""
+    plateaus) say little about where they end."""
     min_epochs: int = Field(default=5, ge=3)
     """Nor before this many epochs with a figure: a trend needs points."""
     min_level: float = Field(default=0.05, ge=0, le=1)
-    """Nor while the best so far is below this: the curve has not started to learn yet. A model trained
-    from scratch can sit near 0 for a while (curve 19 until 15 % of its schedule) and then climb at a
-    rate no flat stretch predicts."""
+    """Nor while the best so far is below this: the curve has not started to learn yet."""
 
 
-AGGRESSIVE_MIN_FRACTION = 0.3
-"""The aggressive policy decides from the same 30 % of the schedule on, with the bare fitted scale (no
-reserve): it covers all 18 calibration curves, and stops phases that would have passed on curves that
-need more (held out, 1 pair of 126 for mAP50-95). Deciding from 20 % instead stops 14 % of the pass
-pairs (docs/EARLY_DECISIONS.md)."""
+POLICY_RISK: dict[str, float] = {"safe": 0.01, "aggressive": 0.05}
+"""The risk each policy states: the bound of ``safe`` is wrong on at most 1 % of new runs."""
+
+BOUND_SHAPE = BoundShape(slope_weight=1.0, noise_weight=2.0, floor=0.0, mosaic_lift=0.0, window_fraction=0.5)
+MIN_FRACTION = 0.5
+CALIBRATED_QUANTILES: dict[str, dict[str, float]] = {
+    "map50_95": {"aggressive": 1.0628},
+    "map50": {"aggressive": 0.7683},
+    "recall": {"safe": 3.0265, "aggressive": 0.6504},
+    "precision": {"safe": 0.8202, "aggressive": 0.4008},
+}
+"""Per metric and policy: the conformal quantile of the calibration half's scores at the policy's risk,
+kept only where that rule met its target on the report half (false-stop rate ≤ the risk, its 95 % upper
+bound ≤ twice it; benchmarks/early_decisions.py computes both, tests/test_early_corpus.py checks them).
+A metric or policy missing here is never decided early: on the corpus the safe rule did not meet its
+target, so the shipped plan's metric conditions are not decided early (docs/EARLY_DECISIONS.md)."""
 
 
 def rule_for(policy: EarlyPolicy, metric: MetricName) -> MetricRule | None:
-    """The metric rule of a policy for one metric; None: this policy never decides on it early."""
-    if policy == "safe" and metric in SAFE_RESERVES:
-        return MetricRule(scale=FITTED_SCALES[metric] * SAFE_RESERVES[metric])
-    if policy == "aggressive":
-        return MetricRule(scale=FITTED_SCALES[metric], min_fraction=AGGRESSIVE_MIN_FRACTION)
-    return None
-
-
-class RecordedCurve(Frozen):
-    """One recorded run as the calibration reads it: the gated metric per epoch and what the gate saw."""
-
-    name: str
-    values: tuple[float | None, ...]
-    """The metric of epochs 1, 2, ... (None: no figure that epoch)."""
-    final: float
-    """The gate's figure: the metric at the epoch with the best fitness over the whole run."""
-    epochs_planned: int
-    close_mosaic: int = DEFAULT_CLOSE_MOSAIC
+    """The metric rule of a policy for one metric; None: this policy never decides on it early (no
+    finite quantile at its risk, or the metric was not calibrated)."""
+    quantile = CALIBRATED_QUANTILES.get(metric, {}).get(policy)
+    if quantile is None or not math.isfinite(quantile):
+        return None
+    return MetricRule(
+        shape=BOUND_SHAPE, quantile=quantile, risk=POLICY_RISK[policy], min_fraction=MIN_FRACTION
+    )
 
 
 # ----------------------------------------------------------------------------- the metric bound
@@ -153,8 +143,8 @@ class RecordedCurve(Frozen):
 def metric_series(records: Iterable[EpochRecord], metric: MetricName) -> list[float | None]:
     """The metric per epoch; an epoch whose four metrics are all exactly 0 has no figure.
 
-    Such an epoch is a validation that found nothing (curve 1, epoch 2 of ../shared/curves), not a
-    collapse of the model: counting it as 0 would bend the trend down and the bound with it.
+    Such an epoch is a validation that found nothing, not a collapse of the model: counting it as 0 would
+    bend the trend down and the bound with it.
     """
     series: list[float | None] = []
     for record in records:
@@ -175,12 +165,16 @@ def mosaic_ahead(epoch: int, epochs_planned: int, close_mosaic: int) -> bool:
     return close_mosaic > 0 and epoch <= epochs_planned - close_mosaic
 
 
-def headroom(
-    values: Sequence[float | None], epochs_planned: int, shape: BoundShape, close_mosaic: int, min_points: int
-) -> float | None:
-    """Unscaled headroom after ``len(values)`` epochs, or None when the window holds too few figures."""
+def headroom_terms(
+    values: Sequence[float | None],
+    epochs_planned: int,
+    window_fraction: float,
+    close_mosaic: int,
+    min_points: int,
+) -> HeadroomTerms | None:
+    """The headroom's terms after ``len(values)`` epochs, or None when the window holds too few figures."""
     epoch = len(values)
-    width = min(epoch, max(min_points, math.ceil(shape.window_fraction * epoch)))
+    width = min(epoch, max(min_points, math.ceil(window_fraction * epoch)))
     points = [(i, v) for i, v in enumerate(values[epoch - width :]) if v is not None]
     if len(points) < min_points or len(points) < 3:
         return None
@@ -188,14 +182,23 @@ def headroom(
     y = np.array([p[1] for p in points], dtype=float)
     slope, intercept = np.polyfit(x, y, 1)
     residuals = y - (intercept + slope * x)
-    noise = float(np.sqrt((residuals**2).sum() / (len(points) - 2)))
     left = epochs_planned - epoch
-    return (
-        shape.slope_weight * max(float(slope), 0.0) * left
-        + shape.noise_weight * noise
-        + shape.floor * left / epochs_planned
-        + (shape.mosaic_lift if mosaic_ahead(epoch, epochs_planned, close_mosaic) else 0.0)
+    return HeadroomTerms(
+        rise=max(float(slope), 0.0) * left,
+        noise=float(np.sqrt((residuals**2).sum() / (len(points) - 2))),
+        left=left / epochs_planned,
+        mosaic=1.0 if mosaic_ahead(epoch, epochs_planned, close_mosaic) else 0.0,
     )
+
+
+def may_decide(values: Sequence[float | None], epochs_planned: int, rule: MetricRule) -> bool:
+    """True when the rule may decide after ``len(values)`` epochs: late enough, before the end, and the
+    curve has started to learn."""
+    epoch = len(values)
+    known = [v for v in values if v is not None]
+    if not known or epoch >= epochs_planned or epoch < decidable_from(epochs_planned, rule):
+        return False
+    return max(known) >= rule.min_level
 
 
 def metric_upper_bound(
@@ -204,85 +207,17 @@ def metric_upper_bound(
     rule: MetricRule,
     close_mosaic: int = DEFAULT_CLOSE_MOSAIC,
 ) -> float | None:
-    """The most the gate's figure can reach by the end, from the epochs so far; None: too early to say.
+    """The most the gate's figure can reach by the end, at the rule's risk; None: too early to say.
 
     ``values`` are the metric of epochs 1..k (all of them: a bound from a tail would miss the best so far).
     """
-    epoch = len(values)
-    known = [v for v in values if v is not None]
-    if not known or epoch >= epochs_planned or epoch < decidable_from(epochs_planned, rule):
+    if not may_decide(values, epochs_planned, rule):
         return None
-    if max(known) < rule.min_level:
+    terms = headroom_terms(values, epochs_planned, rule.shape.window_fraction, close_mosaic, rule.min_epochs)
+    if terms is None:
         return None
-    room = headroom(values, epochs_planned, rule.shape, close_mosaic, rule.min_epochs)
-    if room is None:
-        return None
-    return min(1.0, max(known) + rule.scale * room)
-
-
-# ----------------------------------------------------------------------------- calibration
-
-
-def recorded_curve(
-    name: str,
-    records: Sequence[EpochRecord],
-    epochs_planned: int,
-    close_mosaic: int = DEFAULT_CLOSE_MOSAIC,
-    metric: MetricName = "map50_95",
-) -> RecordedCurve:
-    """A run cut at its planned epochs (a resumed record can hold more rows), with its gate figure."""
-    run = tuple(records[:epochs_planned])
-    best = best_epoch(run)
-    if best is None or getattr(best, metric) is None:
-        raise ValueError(f"{name}: no epoch has a {metric} figure")
-    return RecordedCurve(
-        name=name,
-        values=tuple(metric_series(run, metric)),
-        final=float(getattr(best, metric)),
-        epochs_planned=epochs_planned,
-        close_mosaic=close_mosaic,
-    )
-
-
-def read_recorded_curve(csv: Path, args_yaml: Path, metric: MetricName = "map50_95") -> RecordedCurve:
-    """A results.csv with its args.yaml (``epochs``, ``close_mosaic``) as a calibration curve."""
-    args = yaml.safe_load(Path(args_yaml).read_text(encoding="utf-8")) or {}
-    close = args.get("close_mosaic", DEFAULT_CLOSE_MOSAIC)
-    return recorded_curve(
-        Path(csv).stem, read_results_csv(Path(csv)), int(args["epochs"]), int(close or 0), metric
-    )
-
-
-def required_scale(curve: RecordedCurve, rule: MetricRule) -> float:
-    """The smallest scale at which the rule's bound covers the curve's final figure at every epoch it
-    may decide (0: never needed; infinity: no scale does, the headroom was 0 while the curve still rose)."""
-    needed = 0.0
-    start = decidable_from(curve.epochs_planned, rule)
-    for epoch in range(start, len(curve.values)):
-        prefix = curve.values[:epoch]
-        known = [v for v in prefix if v is not None]
-        if not known or curve.final <= max(known) or max(known) < rule.min_level:
-            continue
-        room = headroom(prefix, curve.epochs_planned, rule.shape, curve.close_mosaic, rule.min_epochs)
-        if room is None:
-            continue
-        needed = max(needed, (curve.final - max(known)) / room if room > 0 else math.inf)
-    return needed
-
-
-def fit_scale(curves: Iterable[RecordedCurve], rule: MetricRule) -> float:
-    """The smallest scale that covers every curve: the calibration of the bound (``rule.scale`` unused)."""
-    return max((required_scale(c, rule) for c in curves), default=0.0)
-
-
-def held_out_ratios(curves: Sequence[RecordedCurve], rule: MetricRule) -> dict[str, float]:
-    """Leave one curve out: the scale it needs over the scale fitted on all the others (≤ 1: covered)."""
-    needs = {c.name: required_scale(c, rule) for c in curves}
-    ratios = {}
-    for curve in curves:
-        rest = max((needs[c.name] for c in curves if c.name != curve.name), default=0.0)
-        ratios[curve.name] = needs[curve.name] / rest if rest > 0 else math.inf
-    return ratios
+    best = max(v for v in values if v is not None)
+    return min(1.0, best + rule.quantile * rule.shape.combine(terms))
 
 
 # ----------------------------------------------------------------------------- the conditions
@@ -357,8 +292,9 @@ def decide(
     return None
 
 
-Lost = tuple[EarlyCheck, str, float, float, float, str]
-"""(check, condition label, observed, bound, threshold, why) of a condition found lost."""
+Lost = tuple[EarlyCheck, str, float, float, float, str, float | None]
+"""(check, condition label, observed, bound, threshold, why, risk) of a condition found lost; the risk is
+the bound's (metric conditions; None: settled by its nature)."""
 
 
 def vram_lost(cond: VramCheck, history: Sequence[EpochEvent]) -> Lost | None:
@@ -367,7 +303,7 @@ def vram_lost(cond: VramCheck, history: Sequence[EpochEvent]) -> Lost | None:
     if peak is None or peak <= cond.max_gb:
         return None
     why = f"VRAM ({cond.figure}) reached {peak:.2f} GB, over {cond.max_gb:g} GB; the run's peak only grows"
-    return ("vram", f"VRAM ({cond.figure}) GB", peak, peak, cond.max_gb, why)
+    return ("vram", f"VRAM ({cond.figure}) GB", peak, peak, cond.max_gb, why, None)
 
 
 def speedup_lost(
@@ -385,7 +321,7 @@ def speedup_lost(
         f"by more than the tolerance of {settings.speed_tolerance:.0%} points"
     )
     label = f"speed-up vs {cond.vs} ({cond.figure})"
-    return ("speedup", label, speedup, speedup + settings.speed_tolerance, cond.min, why)
+    return ("speedup", label, speedup, speedup + settings.speed_tolerance, cond.min, why, None)
 
 
 def metric_lost(
@@ -402,10 +338,10 @@ def metric_lost(
         return None
     best = max(v for v in values if v is not None)
     why = (
-        f"{cond.metric} can reach at most {bound:.4f} by epoch {epochs_planned} "
+        f"{cond.metric} can reach at most {bound:.4f} by epoch {epochs_planned} at {rule.risk:.0%} risk "
         f"(best so far {best:.4f}), below the minimum {cond.min:.4f}"
     )
-    return ("metric", cond.metric, best, bound, cond.min, why)
+    return ("metric", cond.metric, best, bound, cond.min, why, rule.risk)
 
 
 def record_decision(
@@ -419,6 +355,7 @@ def record_decision(
     bound: float,
     threshold: float,
     why: str,
+    risk: float | None,
 ) -> EarlyDecision:
     """The decision record: what was lost, and what stopping now saves (from the observed epoch time)."""
     epoch = history[-1].record.epoch
@@ -442,6 +379,7 @@ def record_decision(
         observed=observed,
         bound=bound,
         threshold=threshold,
+        risk=risk,
         epochs_saved=saved,
         seconds_per_epoch=per_epoch,
         seconds_saved=seconds,
@@ -457,7 +395,8 @@ def decision_row(decision: EarlyDecision) -> ConditionRow:
     elif decision.check == "speedup":
         observed, threshold = f"{decision.observed:+.1%} so far", f"≥ {decision.threshold:+.0%}"
     else:
-        observed = f"at most {fmt(decision.bound)} (best {fmt(decision.observed)})"
+        risk = "" if decision.risk is None else f" at {decision.risk:.0%} risk"
+        observed = f"at most {fmt(decision.bound)}{risk} (best {fmt(decision.observed)})"
         threshold = f"≥ {decision.threshold:.4f}"
     return ConditionRow(
         condition=f"early decision: {decision.condition}",

@@ -315,6 +315,8 @@ class EarlyDecision(Frozen):
     """The most the figure can still reach (metric), or the least it will end at (VRAM: the peak so far;
     speed-up: observed plus the plan's tolerance)."""
     threshold: float
+    risk: float | None = None
+    """The bound's stated risk of being wrong (metric conditions); None: settled by its nature."""
     epochs_saved: int
     seconds_per_epoch: float | None = None
     seconds_saved: float | None = None
