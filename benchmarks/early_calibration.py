@@ -125,6 +125,11 @@ def bounds(terms: Terms, shape: BoundShape, quantile: float) -> np.ndarray:
     return np.minimum(1.0, terms.best + quantile * (terms.terms @ weights(shape)))
 
 
+def schedule_saved(curve: Curve, stop: int | None) -> float:
+    """The share of the curve's schedule that stopping at ``stop`` saves (None: not stopped, 0)."""
+    return 0.0 if stop is None else (curve.epochs_planned - stop) / curve.epochs_planned
+
+
 def stop_epoch(terms: Terms, bound: np.ndarray, threshold: float) -> int | None:
     """The first decision epoch whose bound is below the threshold (where ``decide`` would stop)."""
     below = np.flatnonzero(bound < threshold)
@@ -185,7 +190,7 @@ def curve_pairs(curve: Curve, terms: Terms, shape: BoundShape, quantile: float) 
                 wrong = True
         else:
             found.fails += 1
-            found.saved += 0.0 if stop is None else (curve.epochs_planned - stop) / curve.epochs_planned
+            found.saved += schedule_saved(curve, stop)
     found.curves_false = int(wrong)
     return found
 

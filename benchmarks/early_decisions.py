@@ -64,6 +64,7 @@ from early_calibration import (  # noqa: E402
     fit,
     pair_gaps,
     rule_with,
+    schedule_saved,
     stop_epoch,
 )
 from early_corpus import CORPUS, CorpusRun, load_corpus  # noqa: E402
@@ -263,8 +264,7 @@ def report_pairs(
         for gap in pair_gaps():
             threshold = curve.final + gap
             if gap > 0 and threshold <= 1.0:
-                stop = stop_epoch(terms, bound, threshold)
-                share = 0.0 if stop is None else (curve.epochs_planned - stop) / curve.epochs_planned
+                share = schedule_saved(curve, stop_epoch(terms, bound, threshold))
                 by_gap.setdefault(f"{gap:+.3f}", []).append(share)
     return {
         "metric": metric,
