@@ -79,7 +79,6 @@ from flows.engine.decisions.early import (  # noqa: E402
     MetricRule,
     rule_for,
 )
-from flows.engine.decisions.stoppers import Stoppers  # noqa: E402
 
 SHARED_CURVES = REPO.parent / "shared" / "curves"
 PLAN = REPO / "configs" / "fod_plan.yaml"
@@ -529,8 +528,9 @@ def scenario_plan(base: Any, scenario: Scenario, variant: Variant, storage: str 
 
 
 class EngineExecutor:
-    """The walk's executor, wired as the flow's train task is (without Prefect): the replay trainer, with
-    the spec's own ``Stoppers`` as ``on_epoch`` (trial pruner and prefix end, monitors, early decision).
+    """The walk's executor: the engine's own training step (``tasks.step.TrainingStep``, no journal) over
+    the replay trainer, so every training runs under its spec's stoppers (trial pruner and prefix end,
+    monitors, early decision) as in the flow.
 
     GPU-epochs are counted from the events the trainer delivers, per role (a continued full run
     delivers only the epochs after its checkpoint). ``full_runs``: Phase 3's full run per trial number
@@ -567,21 +567,21 @@ class EngineExecutor:
         return sum(self.epochs.values())
 
     def train(self, spec: Any) -> Any:
-        """Run one training as the train task does: its stoppers see every epoch and may stop it."""
+        """Run one training through the engine's training step: its stoppers see every epoch."""
+        from tasks.step import TrainingStep
+
         trainer = self.trainer
         if spec.role == "full":
             self.winner = self.winner_of(spec)
             trainer = self.trainer_for(spec.node, self.winner)
-        history = self.continued_history(spec, trainer) if self.seed_continued else ()
-        stoppers = Stoppers(spec, history, rules=self.rules)
+        history = (lambda s: self.continued_history(s, trainer)) if self.seed_continued else (lambda _: [])
+        step = TrainingStep(trainer, rules=self.rules, history=history)
 
-        def on_epoch(event: Any) -> None:
+        def count(_: Any) -> None:
             self.epochs[spec.role] += 1
-            stoppers(event)
 
-        result = trainer.train(spec, on_epoch)
-        if stoppers.early_decision is not None:
-            self.decisions.append(stoppers.early_decision)
+        result = step.run(spec, count)
+        self.decisions += step.early_decisions
         if spec.role == "trial":
             self.points[spec.trial] = {k: spec.args.get(k) for k in self.space}
         return result
@@ -629,6 +629,12 @@ class EngineExecutor:
         }
         trainer.train(spec.model_copy(update=update), collect)
         return events
+
+    def train_each(self, next_spec: Any, on_done: Any, workers: Any) -> None:
+        """A search's trials one after another."""
+        from flows.engine.decisions.walk import train_in_turn
+
+        train_in_turn(self, next_spec, on_done)
 
     def gate(self, result: Any) -> None:
         """Gates are read from the walk's state."""

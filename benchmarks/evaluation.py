@@ -149,8 +149,8 @@ def cpp_reference_seconds(gt: Any, predictions: Any, settings: Any, resamples: i
 def bench_synthetic(n_images: int, resamples: int, repeats: int, cpp_resamples: int) -> dict[str, Any]:
     """Timings and widths on the synthetic set."""
     from flows.engine.metrics.bootstrap import bootstrap_intervals
-    from flows.engine.metrics.buckets import EvaluationSettings
     from flows.engine.metrics.sizes import evaluate_sizes
+    from flows.engine.plan.buckets import EvaluationSettings
 
     settings = EvaluationSettings(resamples=resamples)
     gt, predictions = synthetic_set(n_images, seed=0)
@@ -186,7 +186,7 @@ def train(data: Path, epochs: int, imgsz: int, batch: int, work: Path) -> Path:
 
 def bench_real(name: str, weights: Path, imgsz: int, resamples: int) -> dict[str, Any]:
     """The evaluation of one best.pt on its shared dataset."""
-    from flows.engine.metrics.buckets import EvaluationSettings
+    from flows.engine.plan.buckets import EvaluationSettings
     from tasks.trainers.evaluate import evaluate
 
     evaluation = evaluate(

@@ -88,12 +88,8 @@ def make_probe(model: str, data: Path, args: argparse.Namespace, iterations: int
 
 def run_planner(model: str, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Part 1: the planner's choice on memory alone, and for the plan's effective batch."""
-    from flows.engine.decisions.batch_planner import (
-        BatchPlanSettings,
-        choose_batch,
-        plan_batch,
-        render_batch_plan,
-    )
+    from flows.engine.decisions.batch_planner import choose_batch, plan_batch, render_batch_plan
+    from flows.engine.plan.batch_settings import BatchPlanSettings
 
     fixed, effective = PHASE.get(model, (6, None))
     settings = BatchPlanSettings(

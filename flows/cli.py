@@ -19,13 +19,13 @@ import yaml
 
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
 from flows.engine.data.dataset import describe_dataset
+from flows.engine.decisions.cost import NodeSpeed, branch_costs, describe_costs, speeds_from_runs
 from flows.engine.errors import EXIT_RUN_ERROR, TrainingError
-from flows.engine.plan.cost import NodeSpeed, branch_costs, describe_costs, speeds_from_runs
+from flows.engine.outputs.report import text_tree
 from flows.engine.plan.problems import EXIT_BAD_INPUT, PlanError
 from flows.engine.plan.resolve import planned_epochs
 from flows.engine.plan.schema import GateNode
 from flows.engine.plan.tree import paths, tree_view
-from flows.engine.records.report import text_tree
 from flows.engine.records.results import Decision, PhaseResult
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -224,31 +224,20 @@ def batch_plan_text(cfg: RunConfig, probed: dict[str, Any] | None = None) -> lis
 
 
 def probed_batches(cfg: RunConfig) -> dict[str, Any]:
-    """The batch planner run now on each planned phase's device (``--probe-batch``)."""
+    """The batch planner run now on each planned phase's device (``--probe-batch``), as a training's
+    step runs it."""
     import tempfile
 
     from flows.engine.data.dataset import write_dataset_copy
-    from flows.engine.decisions.batch_planner import plan_batch
     from flows.engine.decisions.walk import train_spec
-    from tasks.trainers.memory_probe import CudaMemoryProbe
+    from tasks.step import measure_batch
 
     plans = {}
     with tempfile.TemporaryDirectory(prefix="fod-batch-probe-") as tmp:
         write_dataset_copy(cfg.dataset, Path(tmp))
         for name, node in cfg.plan.nodes.items():
-            settings = cfg.batch_plan_of(name) if node.kind == "train" else None
-            if settings is None:
-                continue
-            spec = train_spec(cfg, Path(tmp), name)
-            probe = CudaMemoryProbe.for_spec(spec, settings, device=str(spec.args.get("device", "0")))
-            fixed = spec.args.get("batch")
-            plans[name] = plan_batch(
-                settings,
-                probe,
-                fixed_batch=fixed if isinstance(fixed, int) else 16,
-                effective_batch=spec.effective_batch,
-                where=f"nodes.{name}.batch_plan",
-            )
+            if node.kind == "train" and cfg.batch_plan_of(name) is not None:
+                plans[name] = measure_batch(train_spec(cfg, Path(tmp), name))
     return plans
 
 

@@ -20,13 +20,12 @@ from prefect import flow, get_run_logger
 
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
 from flows.engine.data.dataset import write_dataset_copy
-from flows.engine.decisions.walk import walk_tree
+from flows.engine.decisions.walk import train_in_turn, walk_tree
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import make_unique_dir
 from flows.engine.plan.search_settings import TrialWorkers
 from flows.engine.records.journal import (
     Journal,
-    JournalingExecutor,
     RunIdentity,
     code_version,
     find_resumable,
@@ -44,39 +43,62 @@ from tasks.publish import (
     publish_gate,
     write_report,
 )
-from tasks.train import cached_train_task, checkpoint_check
+from tasks.slots import SLOT_ENV
+from tasks.step import TrainingStep, record_gate_once
+from tasks.train import train_task
 
 
 class PrefectExecutor:
-    """Runs the walk's steps as Prefect tasks."""
+    """Runs the walk's steps as Prefect tasks; the run's training step answers for finished trainings
+    (its journal) and records each gate once."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, run_dir: Path):
         self.cfg = cfg
+        self.run_dir = run_dir
         self.logger = get_run_logger()
+        self.step = TrainingStep.for_run(cfg, run_dir, log=self.logger.info)
 
     def train(self, spec: TrainSpec) -> PhaseResult:
-        """One training as a task run named after the node (and trial)."""
-        return cached_train_task(spec).with_options(task_run_name=spec.task_run_name)(spec, self.cfg)
+        """The journalled result, or one training as a task run named after the node (and trial)."""
+        found = self.step.finished(spec)
+        if found is not None:
+            return found
+        task = train_task.with_options(task_run_name=spec.task_run_name)
+        return task(spec, self.cfg, self.run_dir)
 
     def train_each(
         self,
         next_spec: Callable[[], TrainSpec | None],
         on_done: Callable[[TrainSpec, PhaseResult], None],
-        workers: TrialWorkers,
+        workers: TrialWorkers | None,
     ) -> None:
         """Trainings side by side on the search's Dask workers: as many in flight as there are workers,
-        the next one dispatched as soon as one finishes (a pruner then already knows its epochs)."""
+        the next one dispatched as soon as one finishes (a pruner then already knows its epochs);
+        journalled ones answer at once. Without workers, one after another."""
+        if workers is None:
+            train_in_turn(self, next_spec, on_done)
+            return
         from prefect.futures import as_completed
 
         from flows.trial_cluster import trial_runner
+
+        def next_to_train() -> TrainSpec | None:
+            while (spec := next_spec()) is not None:
+                found = self.step.finished(spec)
+                if found is None:
+                    return spec
+                on_done(spec, found)
+            return None
 
         with trial_runner(workers) as runner:
             width = workers.width or max(len(runner.client.scheduler_info()["workers"]), 1)
             running: dict[Any, TrainSpec] = {}
             while True:
-                while len(running) < width and (spec := next_spec()) is not None:
-                    task = cached_train_task(spec).with_options(task_run_name=slot_task_name(spec))
-                    running[runner.submit(task, {"spec": spec, "cfg": self.cfg})] = spec
+                while len(running) < width and (spec := next_to_train()) is not None:
+                    task = train_task.with_options(task_run_name=slot_task_name(spec))
+                    running[runner.submit(task, {"spec": spec, "cfg": self.cfg, "run_dir": self.run_dir})] = (
+                        spec
+                    )
                     self.logger.info(f"{spec.label}: dispatched ({len(running)} of {width} workers busy)")
                 if not running:
                     return
@@ -84,8 +106,8 @@ class PrefectExecutor:
                 on_done(running.pop(done), done.result())
 
     def gate(self, result: GateResult) -> None:
-        """Publish the gate's table."""
-        publish_gate(result, self.cfg.plan.plan)
+        """Publish the gate's table and record it (once: a resumed run's recorded gate is neither)."""
+        record_gate_once(self.step.journal, result, publish=lambda r: publish_gate(r, self.cfg.plan.plan))
 
     def enter(self, node: str, index: int) -> None:
         """Log where the walk is."""
@@ -95,7 +117,7 @@ class PrefectExecutor:
 class ProgressingExecutor:
     """The outermost executor: counts nodes and epochs (journalled steps too) into the progress artifact."""
 
-    def __init__(self, inner: JournalingExecutor, artifact: ProgressArtifact):
+    def __init__(self, inner: PrefectExecutor, artifact: ProgressArtifact):
         self.inner = inner
         self.artifact = artifact
 
@@ -119,7 +141,7 @@ class ProgressingExecutor:
         self,
         next_spec: Callable[[], TrainSpec | None],
         on_done: Callable[[TrainSpec, PhaseResult], None],
-        workers: TrialWorkers,
+        workers: TrialWorkers | None,
     ) -> None:
         """Side by side, counting trials running and done and each training's epochs as it finishes."""
         progress = self.artifact.progress
@@ -152,8 +174,6 @@ def slot_task_name(spec: TrainSpec) -> Callable[[], str]:
     """The task run's name, made where the task runs: the trial and the worker's GPU (``FOD_SLOT``)."""
 
     def name() -> str:
-        from flows.trial_cluster import SLOT_ENV
-
         slot = os.environ.get(SLOT_ENV)
         return f"{spec.task_run_name}-{slot}" if slot else spec.task_run_name
 
@@ -244,10 +264,7 @@ def walk_run(cfg: RunConfig) -> Decision:
         write_dataset_copy(cfg.dataset, run_dir)
         journal = Journal(run_dir)
         progress = ProgressArtifact(WalkProgress(cfg.plan, cfg.force))
-        journaling = JournalingExecutor(
-            PrefectExecutor(cfg), journal, log=logger.info, checkpoint_problem=checkpoint_check(cfg)
-        )
-        state = walk_tree(cfg, run_dir, ProgressingExecutor(journaling, progress))
+        state = walk_tree(cfg, run_dir, ProgressingExecutor(PrefectExecutor(cfg, run_dir), progress))
         deployed = journal.terminal_done(state.terminal)
         if deployed is None:
             deployed = finish_terminal(cfg, run_dir, state)

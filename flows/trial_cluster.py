@@ -21,11 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flows.engine.plan.search_settings import TrialWorkers
-
-SLOT_ENV = "FOD_SLOT"
-"""The accelerator a worker trains on (``gpu-0``…): the Prefect concurrency limit its trainings hold."""
-LEASE_ENV = "FOD_SLOT_LEASE_S"
-"""Seconds a slot's lease lasts unless renewed (a dead worker's slot frees itself after this)."""
+from tasks.slots import LEASE_ENV, SLOT_ENV
 
 
 def worker_slots(workers: TrialWorkers) -> list[tuple[str, str]]:

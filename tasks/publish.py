@@ -24,11 +24,11 @@ from flows.engine.data.profile import plot_histogram
 from flows.engine.decisions.walk import WalkState
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import write_text_once
+from flows.engine.outputs.registry import baseline_record, deploy
+from flows.engine.outputs.report import plot_curves, plot_sizes, render_report
 from flows.engine.plan.resolve import planned_epochs
 from flows.engine.plan.schema import Plan, SearchNode
 from flows.engine.plan.tree import successors, tree_view
-from flows.engine.records.registry import baseline_record, deploy
-from flows.engine.records.report import plot_curves, plot_sizes, render_report
 from flows.engine.records.results import Decision, GateResult
 
 

@@ -1,29 +1,33 @@
-"""A catalogue of bad inputs, each run through the real command line: refused cleanly, nothing touched.
+"""A catalogue of bad inputs, each run through the command line: refused cleanly, nothing touched.
 
 The rule (from the project's issue): bad input gets a clear message naming the culprit and exit
 code 2 before any training starts, and nothing already on disk is overwritten or lost. Every case
 below builds its inputs in its own folder, snapshots that folder and the shared inputs (path →
-size, mtime, sha256), runs ``python -m flows.optimize`` in a subprocess and checks:
+size, mtime, sha256), runs the command line's entry function (``flows.optimize.main``, in this
+process, in the case's folder) and checks:
 
 - exit code 2 and no traceback;
 - every stderr line is one problem that starts with the culprit (file, or option such as
   ``--runs-dir``), and one of them names the key or line and says what is wrong;
 - both snapshots are unchanged and the runs folder was not created.
 
-The subprocesses run four at a time in one module fixture (each pays Ultralytics' import
-when the plan gets as far as argument checks); each case is still its own test.
+A few cases (``SUBPROCESS_CASES``) also run as the real ``python -m flows.optimize`` in a subprocess, for
+the process's own exit code and the absence of a traceback on its stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import hashlib
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -299,6 +303,15 @@ BOMB = "".join(
     for prev, x in zip(["", "a", "b", "c", "d", "e"], "abcdef", strict=True)
 )
 
+CORPUS_CURVE = ROOT / "benchmarks" / "curves" / "corpus" / "k012.csv"
+FOUR_PROBLEM_SPEC = (
+    "nodes:\n"
+    "  phase1: {csv: nowhere.csv, speed: 3}\n"
+    f"  phase2: {{csv: {CORPUS_CURVE}, images_per_s: fast}}\n"
+    f"  phase3: {{trials: [], full: {{csv: {CORPUS_CURVE}}}}}\n"
+).encode()
+"""A replay SPEC with four problems: a CSV not found, an unknown key, a figure that is not a number, no trials."""
+
 CASES: list[Case] = [
     # --- the plan file itself
     Case("plan missing", point_at("plan", "nope.yaml"), ("plan file not found",)),
@@ -387,6 +400,7 @@ CASES: list[Case] = [
     Case("replay SPEC names a missing CSV", replay_spec(b"default: {csv: nowhere.csv}\n"), ("file not found",)),
     Case("replay SPEC missing", lambda c: (c.extra.extend(["--replay", str(c.root / "nope.yaml")]), setattr(c, "source", str(c.root / "nope.yaml"))), ("cannot read the replay SPEC",)),
     Case("replay SPEC not UTF-8", replay_spec("default: {csv: caf\xe9.csv}\n".encode("latin-1")), ("UTF-8",)),
+    Case("replay SPEC with four problems", replay_spec(FOUR_PROBLEM_SPEC), ("nodes.phase1.speed", "unknown key")),
     # --- the runs folder
     Case("runs folder under a regular file", runs_under_a_file, ("not-a-folder", "is a file, not a folder")),
     Case("runs folder read-only", read_only_runs, ("not writable",)),
@@ -412,12 +426,44 @@ class Outcome:
     skip: str | None = None
 
 
-def command(case: Case, c: Ctx) -> list[str]:
+def arguments(case: Case, c: Ctx) -> list[str]:
     args = ["--plan", str(c.plan), "--data", str(c.data), "--runs-dir", str(c.runs), *c.extra]
-    return [sys.executable, "-m", "flows.optimize", *args, *(["--dry-run"] if case.dry_run else [])]
+    return [*args, *(["--dry-run"] if case.dry_run else [])]
 
 
-def run_case(case: Case, root: Path, shipped: dict[str, Any], demo_data: Path) -> Outcome:
+def in_process(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """``flows.optimize.main(args)`` in ``cwd``: its exit code, stdout and stderr (an exception that
+    escapes it is its traceback on stderr, as the real command would print)."""
+    from flows.optimize import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as exc:  # argparse's own refusals
+                code = exc.code if isinstance(exc.code, int) else 1
+            except Exception:
+                err.write(traceback.format_exc())
+                code = 1
+    finally:
+        os.chdir(here)
+    return code, out.getvalue(), err.getvalue()
+
+
+def as_subprocess(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """The real ``python -m flows.optimize`` in ``cwd``."""
+    env = {**os.environ, "YOLO_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "flows.optimize", *args]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
+def run_case(
+    case: Case, root: Path, shipped: dict[str, Any], demo_data: Path, runner: Callable = in_process
+) -> Outcome:
     """Build, snapshot, run, snapshot again; undo mounts and modes whatever happens."""
     c = Ctx(root=root, shipped=shipped, demo_data=demo_data)
     c.source = str(SHIPPED_PLAN)
@@ -426,11 +472,7 @@ def run_case(case: Case, root: Path, shipped: dict[str, Any], demo_data: Path) -
         case.build(c)
         roots = [root, demo_data.parent, SHIPPED_PLAN.parent, *c.snap_extra]
         out.before = snapshot(*roots)
-        env = {**os.environ, "YOLO_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-        done = subprocess.run(
-            command(case, c), cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False
-        )
-        out.returncode, out.stdout, out.stderr = done.returncode, done.stdout, done.stderr
+        out.returncode, out.stdout, out.stderr = runner(arguments(case, c), root)
         out.after = snapshot(*roots)
     except pytest.skip.Exception as exc:
         out.skip = str(exc)
@@ -452,21 +494,32 @@ def selected_case_ids(request: pytest.FixtureRequest) -> list[str]:
 
 @pytest.fixture(scope="module")
 def outcomes(request, tmp_path_factory, shipped_plan_doc, demo_data) -> dict[str, Outcome]:
+    """Every selected case, one after another in this process (each changes the working folder)."""
     ids = selected_case_ids(request)
     roots = {i: tmp_path_factory.mktemp(re.sub(r"\W+", "-", i)[:40]) for i in ids}
+    return {i: run_case(BY_ID[i], roots[i], shipped_plan_doc, demo_data) for i in ids}
+
+
+SUBPROCESS_CASES = ("unknown key (run)", "data missing", "--set unknown argument")
+"""Cases that also run as the real command, four at a time: a plan problem, a dataset problem found
+after the plan loaded, and one that gets as far as Ultralytics' argument checks."""
+
+
+@pytest.fixture(scope="module")
+def subprocess_outcomes(tmp_path_factory, shipped_plan_doc, demo_data) -> dict[str, Outcome]:
+    roots = {i: tmp_path_factory.mktemp("sub-" + re.sub(r"\W+", "-", i)[:36]) for i in SUBPROCESS_CASES}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {i: pool.submit(run_case, BY_ID[i], roots[i], shipped_plan_doc, demo_data) for i in ids}
+        futures = {
+            i: pool.submit(run_case, BY_ID[i], roots[i], shipped_plan_doc, demo_data, as_subprocess)
+            for i in SUBPROCESS_CASES
+        }
         return {i: f.result() for i, f in futures.items()}
 
 
 SOURCE_LINE = re.compile(r"^(warning: )?(?P<source>.+?): ")
 
 
-@pytest.mark.parametrize("case_id", [c.id for c in CASES], ids=[c.id for c in CASES])
-def test_bad_input_is_refused_cleanly(case_id, outcomes):
-    case, out = BY_ID[case_id], outcomes[case_id]
-    if out.skip:
-        pytest.skip(out.skip)
+def assert_refused_cleanly(case: Case, out: Outcome) -> None:
     c = out.ctx
     assert "Traceback" not in out.stderr, out.stderr
     assert out.returncode == 2, (out.returncode, out.stdout[-2000:], out.stderr[-2000:])
@@ -483,9 +536,52 @@ def test_bad_input_is_refused_cleanly(case_id, outcomes):
     assert not Path(c.runs).exists(), "the runs folder was created"
 
 
+@pytest.mark.parametrize("case_id", [c.id for c in CASES], ids=[c.id for c in CASES])
+def test_bad_input_is_refused_cleanly(case_id, outcomes):
+    case, out = BY_ID[case_id], outcomes[case_id]
+    if out.skip:
+        pytest.skip(out.skip)
+    assert_refused_cleanly(case, out)
+
+
+@pytest.mark.parametrize("case_id", SUBPROCESS_CASES)
+def test_bad_input_is_refused_cleanly_by_the_real_command(case_id, subprocess_outcomes):
+    """The process itself exits 2 with the same lines and no traceback."""
+    case, out = BY_ID[case_id], subprocess_outcomes[case_id]
+    if out.skip:
+        pytest.skip(out.skip)
+    assert_refused_cleanly(case, out)
+
+
 def test_catalogue_is_large_enough():
     assert len(CASES) >= 30
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_every_problem_of_a_replay_spec_is_a_line_of_its_own(tmp_path, demo_data, capsys):
+    """A replay SPEC with four problems, through the command line's entry function: four lines, each
+    naming the SPEC file once, then the key path and what is wrong; exit 2, nothing written."""
+    from flows.optimize import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(FOUR_PROBLEM_SPEC)
+    runs = tmp_path / "runs"
+    before = snapshot(tmp_path)
+    args = ["--plan", str(SHIPPED_PLAN), "--data", str(demo_data), "--runs-dir", str(runs)]
+    code = main([*args, "--replay", str(spec)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "nodes.phase1.csv",
+        "nodes.phase1.speed",
+        "nodes.phase2.images_per_s",
+        "nodes.phase3.trials",
+    ], lines
+    assert all(line.startswith(f"{spec}: ") and line.count(str(spec)) == 1 for line in lines), lines
+    assert "file not found" in lines[0] and "relative to the SPEC" in lines[0]
+    assert "unknown key" in lines[1] and "valid number" in lines[2] and "at least 1 item" in lines[3]
+    assert snapshot(tmp_path) == before and not runs.exists()
 
 
 # ----------------------------------------------------------------------------- helpers, in-process

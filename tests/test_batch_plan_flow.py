@@ -75,6 +75,7 @@ def test_forced_batch_turns_planning_off(tmp_path, demo_data):
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.integration
 def test_without_a_gpu_the_fixed_batch_trains_and_the_report_says_why(tmp_path, demo_data):
     """A real CPU training of a planned phase: the probe says there is no GPU, batch 8 × 2 = 16 trains."""
     from flows.cli import describe_plan

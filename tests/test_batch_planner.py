@@ -19,20 +19,16 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from flows.engine.decisions.batch_planner import (
-    BatchPlan,
-    BatchPlanSettings,
     PlanningFailed,
-    ProbeMeasurement,
-    VramBound,
     accumulation_for,
-    budget_mismatches,
     choose_batch,
     describe_settings,
     plan_batch,
-    plan_problems,
     render_batch_plan,
     require_batch,
 )
+from flows.engine.plan.batch_settings import BatchPlanSettings, VramBound, budget_mismatches, plan_problems
+from flows.engine.records.batch_plan import BatchPlan, ProbeMeasurement
 from tasks.trainers.memory_probe import (
     CudaMemoryProbe,
     ProbeRequest,
@@ -521,6 +517,7 @@ def test_real_probe_without_cuda_falls_back_to_the_fixed_batch_and_says_why():
 
 
 @needs_shared
+@pytest.mark.integration
 def test_real_probe_process_trains_steps_of_the_real_model_on_the_real_data(tmp_path):
     """The probe's child path on CPU: Ultralytics' setup of yolo11n-p2 on golfball, two steps on the
     densest images and the validation pass, in a spawned process. No GPU: no memory figures."""
@@ -546,6 +543,7 @@ def test_real_probe_process_trains_steps_of_the_real_model_on_the_real_data(tmp_
 
 
 @needs_shared
+@pytest.mark.integration
 def test_fallback_batch_is_what_a_real_cpu_training_uses(tmp_path):
     """The fallback's arguments through the real trainer: batch 4 with effective batch 8 trains 4 × 2."""
     from flows.engine.records.results import TrainSpec

@@ -98,11 +98,13 @@ def test_bad_options_exit_2(tmp_path, args, message):
 
 
 def test_replay_spec_missing_a_node_is_refused(tmp_path, demo_data):
-    curves = ROOT.parent / "shared" / "curves" / "29.csv"
-    if not curves.is_file():
-        pytest.skip("../shared/curves not found")
+    curve = ROOT / "benchmarks" / "curves" / "corpus" / "k012.csv"  # a real curve committed in the project
     spec = tmp_path / "spec.yaml"
-    spec.write_text(f"nodes:\n  phase1: {{csv: {curves}}}\n", encoding="utf-8")
+    spec.write_text(f"nodes:\n  phase1: {{csv: {curve}}}\n", encoding="utf-8")
     out = run_cli("--data", str(demo_data), "--replay", str(spec), "--dry-run", cwd=tmp_path)
     assert out.returncode == 2
-    assert "phase2: no recorded run for this node" in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["nodes.phase2", "nodes.phase3"], lines
+    for line in lines:  # one line per node, each naming the SPEC once
+        assert line.startswith(f"{spec}: ") and line.count(str(spec)) == 1, line
+        assert "no recorded run for this node" in line

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, SHARED, SHIPPED_PLAN, needs_shared
 
 from flows.engine.config import OptimizeRequest, prepare
-from flows.engine.plan.cost import NodeSpeed, branch_costs, earliest_stop, hours_of, speeds_from_runs
+from flows.engine.decisions.cost import NodeSpeed, branch_costs, earliest_stop, hours_of, speeds_from_runs
 from flows.engine.records.results import EpochRecord, PhaseResult
 
 
@@ -69,6 +69,7 @@ def dry_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @needs_shared
+@pytest.mark.integration
 @pytest.mark.usefixtures("prefect_server")
 def test_dry_run_gives_gpu_hours_from_an_earlier_run_of_the_plan(demo_data, tmp_path):
     """After one (replayed) run of the plan, --dry-run prices every branch from its records' clocks
@@ -89,6 +90,7 @@ def test_dry_run_gives_gpu_hours_from_an_earlier_run_of_the_plan(demo_data, tmp_
     )
 
 
+@pytest.mark.integration
 def test_probe_speed_trains_a_few_iterations_of_each_phase(demo_data, tmp_path):
     """--probe-speed on the smoke profile: a real short training per distinct phase, hours for every branch."""
     out = dry_run(

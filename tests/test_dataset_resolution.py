@@ -167,6 +167,7 @@ TRAIN_SCAN = re.compile(r"train: (?:\x1b\[0m)?Scanning (\S+?)(?:\.cache)?\.\.\. 
 
 
 @pytest.mark.parametrize("layout", ["path: .", ".txt lists", "path: ../elsewhere"], indirect=True)
+@pytest.mark.integration
 def test_a_real_training_started_elsewhere_trains_on_the_authors_images(layout, tmp_path, monkeypatch):
     """Validated and trained from a folder that holds none of the data: Ultralytics scans the right labels."""
     from flows.engine.decisions.walk import train_spec

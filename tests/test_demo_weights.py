@@ -91,6 +91,7 @@ def test_one_class_fine_tune_gets_everything_but_the_class_logits():
     assert (measured.transferred, measured.total) == (total - 2 * 4, total)
 
 
+@pytest.mark.integration
 def test_recorded_demo_figures_are_true(record, tmp_path):
     """Validating the committed file on the demo's val images reproduces the recorded figures.
 
@@ -125,6 +126,7 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[dw.Record, Pat
     return dw.build(tiny_recipe(), root / "out", root / "work"), root
 
 
+@pytest.mark.integration
 def test_build_smoke_writes_a_loadable_checkpoint_and_its_record(tiny_build):
     """The whole code path (generate, train, deterministic checkpoint, validate, count) still runs."""
     record, root = tiny_build
@@ -143,6 +145,7 @@ def test_build_smoke_writes_a_loadable_checkpoint_and_its_record(tiny_build):
     assert str(root) not in repr(ckpt["train_args"]), "no build-folder path in the checkpoint"
 
 
+@pytest.mark.integration
 def test_build_refuses_to_overwrite(tiny_build):
     """A committed checkpoint is never replaced by accident."""
     record, root = tiny_build
@@ -151,6 +154,7 @@ def test_build_refuses_to_overwrite(tiny_build):
     assert dw.sha256_of(root / "out" / dw.CHECKPOINT_NAME) == record.sha256
 
 
+@pytest.mark.integration
 def test_checkpoint_bytes_do_not_depend_on_when_or_where(tiny_build):
     """The same best.pt gives the same bytes again: no date, path or git field leaks in."""
     record, root = tiny_build
@@ -171,6 +175,7 @@ def test_compare_flags_figures_outside_the_tolerance(record):
     assert any("own_val recall" in p for p in problems) and any("sha256" in p for p in problems)
 
 
+@pytest.mark.integration
 def test_same_tiny_recipe_gives_identical_bytes_twice(tiny_build, tmp_path):
     """Training itself is deterministic on CPU (workers=0, deterministic=True, fixed seed)."""
     record, _ = tiny_build

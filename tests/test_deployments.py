@@ -41,6 +41,8 @@ import pytest
 import yaml
 from conftest import ROOT, needs_shared
 
+pytestmark = pytest.mark.integration
+
 PREFECT = Path(sys.executable).with_name("prefect")
 POOL = "gpu-pool"
 SERVER_START_S = 240
@@ -744,7 +746,6 @@ def test_nightly_runs_are_scheduled_at_22_berlin(stack):
         assert (local.hour, local.minute) == (22, 0), local
 
 
-@needs_shared
 def test_bad_plan_fails_fast_with_one_line(stack, demo_data, tmp_path):
     """A plan path that does not exist: the run is Failed within seconds, the PlanError line in its message."""
     runs = tmp_path / "runs"
@@ -771,7 +772,6 @@ def two_runs(stack, demo_data, tmp_path_factory) -> list[tuple[Any, Path]]:
     return [(wait_final(run_id, stack), runs) for run_id, runs in triggered]
 
 
-@needs_shared
 def test_on_demand_run_completes_with_decision(two_runs):
     """A run through the worker reaches Completed and leaves decision.json (and the report) in runs_dir."""
     for (run, runs), terminal in zip(two_runs, ["keep_baseline", "deploy_phase1"], strict=True):
@@ -783,7 +783,6 @@ def test_on_demand_run_completes_with_decision(two_runs):
     assert (two_runs[1][1] / "models" / "fod-yolo11m-p2" / "v1" / "best.pt").is_file()
 
 
-@needs_shared
 def test_runs_of_one_deployment_never_overlap(two_runs):
     """Deployment concurrency limit 1 (ENQUEUE): the second run waits for a slot, then runs after the first."""
     (first, _), (second, _) = sorted(two_runs, key=lambda pair: pair[0].start_time)
@@ -792,7 +791,6 @@ def test_runs_of_one_deployment_never_overlap(two_runs):
     assert "AwaitingConcurrencySlot" in waited, waited
 
 
-@needs_shared
 def test_progress_artifact_ends_at_100(two_runs):
     """Each run has one progress artifact (key progress-<plan>) at 100 saying nodes and epochs done of planned."""
     for run, runs in two_runs:
@@ -875,7 +873,6 @@ def test_ui_shows_a_finished_run(stack, two_runs, tmp_path):
         shutil.copyfile(artifacts, path.with_name(f"{path.stem}-artifacts{path.suffix}"))
 
 
-@needs_shared
 @pytest.mark.slow
 def test_serve_runs_on_demand_without_a_work_pool(tmp_path, demo_data):
     """`python -m flows.serve` (started outside the checkout) registers both deployments and runs a flow run."""

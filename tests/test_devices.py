@@ -59,7 +59,7 @@ def test_a_search_with_its_own_workers_keeps_them(demo_data, tmp_path):
 
 
 def test_on_a_gpu_worker_the_training_sees_its_card_as_device_0(demo_data, tmp_path, monkeypatch):
-    from tasks.train import on_worker_gpu
+    from tasks.step import on_worker_gpu
 
     cfg = prepare(OptimizeRequest(plan=SHIPPED_PLAN, data=demo_data, overrides={"device": 3}))
     spec = search_spec(cfg, tmp_path, "phase3", {"lr0": 0.01}, 0)

@@ -112,6 +112,7 @@ def runs(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return out
 
 
+@pytest.mark.integration
 def test_huge_learning_rate_diverges_without_clipping(runs):
     result, _, logs = runs["unclipped"]
     assert result.status == "diverged", (result.status, result.reason)
@@ -130,6 +131,7 @@ def test_huge_learning_rate_diverges_without_clipping(runs):
     assert "3 NaN recoveries" in row.observed and "NaN persisted" in row.note
 
 
+@pytest.mark.integration
 def test_same_learning_rate_stays_finite_with_clipping(runs):
     result, events, _ = runs["clipped"]
     assert result.status == "completed", result.reason

@@ -20,13 +20,12 @@ from flows.engine.decisions.early import (
     MetricRule,
     decidable_from,
     decide,
-    decision_row,
     judging_gate,
     metric_series,
     metric_upper_bound,
     rule_for,
 )
-from flows.engine.decisions.gates import evaluate_gate
+from flows.engine.decisions.gates import decision_row, evaluate_gate
 from flows.engine.decisions.monitors import StopTraining
 from flows.engine.plan.schema import GateNode
 from flows.engine.records.results import EpochEvent, EpochRecord, TrainSpec
@@ -268,7 +267,6 @@ def test_a_curve_close_below_its_minimum_runs_longer_than_one_far_below():
     assert far is not None and (near is None or near.epoch > far.epoch)
 
 
-@needs_shared
 def test_replayed_phase_stops_and_its_gate_fails(tmp_path):
     """Wired like the train task: the tracker in on_epoch stops the replay; the gate then fails."""
     from tasks.trainers.replay import ReplayTrainer
@@ -277,7 +275,7 @@ def test_replayed_phase_stops_and_its_gate_fails(tmp_path):
     tracker = EarlyTracker(g, {}, gate_name="gate1", rules=RULES)
     spec = TrainSpec(plan="p", node="p", model=Path("m.yaml"), data=Path("d.yaml"), args={"epochs": 100},
                      run_dir=tmp_path / "p")  # fmt: skip
-    result = ReplayTrainer.from_file(REPLAYS / "keep_baseline.yaml").train(spec, tracker)  # 23.csv
+    result = ReplayTrainer.from_file(REPLAYS / "keep_baseline.yaml").train(spec, tracker)  # k012.csv
     assert result.status == "stopped" and result.epochs_done == tracker.decision.epoch == 30
     assert result.reason == tracker.decision.reason
     assert evaluate_gate("gate1", g, result, {}).outcome == "fail"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPLAYS, SHARED, SHIPPED_PLAN, needs_shared
+from conftest import REPLAYS, SHIPPED_PLAN
 
 from flows.engine.config import OptimizeRequest, prepare
 from flows.engine.decisions.walk import train_spec
@@ -53,9 +53,8 @@ def test_spec_carries_the_judging_gate_only_when_its_policy_is_on(demo_data, tmp
     assert train_spec(prepare(OptimizeRequest(plan=plan, data=demo_data)), tmp_path, "phase2").early is None
 
 
-@needs_shared
 def test_continued_full_run_decides_from_its_trials_first_epoch(demo_data, tmp_path, known_rule):
-    """The full run that continues Phase 3's best trial (keep_baseline: every node replays curve 23)
+    """The full run that continues Phase 3's best trial (keep_baseline: every node replays curve k012)
     starts its history with that trial's 20 epochs, so its early decision falls where Phase 1's did
     on the same curve (epoch 30); from its own epochs alone a metric bound could never be decided."""
     from flows.fod_flow import optimize
@@ -76,12 +75,15 @@ def test_continued_full_run_decides_from_its_trials_first_epoch(demo_data, tmp_p
 
 
 def first_stop(rule) -> tuple[int, int]:
-    """Where the pure bound on curve 23 (what keep_baseline replays for Phase 1) first falls below gate1's
-    0.915: (epoch, epochs saved)."""
+    """Where the pure bound on the curve keep_baseline replays for Phase 1 (its default, corpus curve
+    k012) first falls below gate1's 0.915: (epoch, epochs saved)."""
     from flows.engine.decisions.early import metric_series, metric_upper_bound
+    from flows.engine.records.replay_spec import load_replay_spec
     from flows.engine.records.results_csv import read_results_csv
 
-    values = metric_series(read_results_csv(SHARED / "curves" / "23.csv")[:100], "map50_95")
+    default = load_replay_spec(REPLAYS / "keep_baseline.yaml").default
+    assert default is not None and default.csv.name == "k012.csv"
+    values = metric_series(read_results_csv(default.csv)[:100], "map50_95")
     for k in range(1, 100):
         bound = metric_upper_bound(values[:k], 100, rule)
         if bound is not None and bound < 0.915:
@@ -89,7 +91,6 @@ def first_stop(rule) -> tuple[int, int]:
     raise AssertionError("the bound never falls below 0.915")
 
 
-@needs_shared
 def test_replayed_walk_stops_lost_phases_and_keeps_the_terminal(demo_data, tmp_path, known_rule):
     """keep_baseline replayed with the shipped plan's safe decisions (``known_rule``'s constants): same
     terminal, far fewer epochs."""
@@ -120,6 +121,7 @@ def test_replayed_walk_stops_lost_phases_and_keeps_the_terminal(demo_data, tmp_p
     assert "early decision: map50_95" in report
 
 
+@pytest.mark.integration
 def test_real_training_stops_within_one_epoch_and_the_walk_goes_on(demo_data, tmp_path):
     """Phase 2 must be 4× faster than Phase 1 (it cannot: the same model): decided once its speed is stable,
     stopped after that very epoch, its weights kept, the gate failed with the reason, the baseline kept."""

@@ -105,6 +105,7 @@ def run_command(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.integration
 def test_missing_val_folder_stops_the_run_then_a_rerun_resumes(own_data, tmp_path):
     """Through the real command line, started in another folder: exit 3, the real message, no traceback."""
     val = own_data.parent / "images" / "val"
@@ -138,6 +139,7 @@ def test_missing_val_folder_stops_the_run_then_a_rerun_resumes(own_data, tmp_pat
     assert json.loads((run_dir / "decision.json").read_text(encoding="utf-8"))["terminal"] == "keep_baseline"
 
 
+@pytest.mark.integration
 def test_child_killed_once_is_retried_from_last_pt(own_data, tmp_path, monkeypatch):
     """SIGKILL right after epoch 1 (its last.pt on disk): retried once, resumed from last.pt, completed."""
     from flows.fod_flow import optimize_prepared
@@ -154,6 +156,7 @@ def test_child_killed_once_is_retried_from_last_pt(own_data, tmp_path, monkeypat
     assert (run_dir / "phases" / "phase1" / ".fault-kills").read_text() == "1"
 
 
+@pytest.mark.integration
 def test_child_killed_twice_stops_the_run(own_data, tmp_path, monkeypatch):
     """Killed again after the retry: an error like any other, the flow run Failed, the journal says why."""
     from flows.fod_flow import optimize_prepared
@@ -169,6 +172,7 @@ def test_child_killed_twice_stops_the_run(own_data, tmp_path, monkeypatch):
     assert [e.kind for e in Journal(run_dir).entries()] == ["error"]
 
 
+@pytest.mark.integration
 def test_on_error_continue_turns_the_error_into_a_failed_result(own_data, tmp_path):
     """A node that opts in: the error is its result (failed, with the message), and its gate judges it."""
     from flows.fod_flow import optimize_prepared

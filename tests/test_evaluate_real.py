@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import SHARED, needs_shared
 
-from flows.engine.metrics.buckets import EvaluationSettings
-from flows.engine.metrics.evaluation import Evaluation
+from flows.engine.plan.buckets import EvaluationSettings
+from flows.engine.records.evaluation import Evaluation
 
 GOLF = SHARED / "datasets" / "golfball_small" / "data.yaml"
 LUNAR = SHARED / "datasets" / "lunar_crater_small" / "data.yaml"
@@ -84,6 +84,7 @@ def check_evaluation(evaluation: Evaluation, *, images: int, buckets: list[int])
     assert Evaluation.model_validate_json(evaluation.model_dump_json()) == evaluation
 
 
+@pytest.mark.integration
 def test_golfball_evaluation_after_a_short_training(tmp_path):
     """One epoch on a quarter of golfball at 160 px, then the evaluation: the SOURCE.md counts per
     bucket, intervals on every figure, and Ultralytics' figures equal to the stock validator's."""

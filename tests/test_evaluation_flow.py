@@ -91,7 +91,7 @@ def test_the_gate_reads_a_bucket_of_a_class_and_shows_intervals(evaluated_run):
 def test_marginal_decisions_are_flagged_whatever_the_policy(evaluated_run):
     """A threshold inside the figure's interval is marginal, judged on the figure or on its lower bound;
     one outside is not. (The run's own tiny-model intervals have no width, so this one is set.)"""
-    from flows.engine.metrics.bootstrap import Interval
+    from flows.engine.records.evaluation import Interval
 
     decision, _ = evaluated_run
     [phase1] = decision.phases

@@ -15,6 +15,8 @@ from flows.engine.config import OptimizeRequest, prepare
 from flows.engine.data.dataset import write_dataset_copy
 from flows.engine.decisions.walk import train_spec
 
+pytestmark = pytest.mark.integration
+
 DEMO_WEIGHTS = WEIGHTS_DIR / CHECKPOINT_NAME
 """The project's own starting weights (flows/demo_weights.py): yolo11n-p2 trained on synthetic debris."""
 

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPLAYS, SHIPPED_PLAN, needs_shared
+from conftest import REPLAYS, SHIPPED_PLAN
 
 from flows.engine.config import OptimizeRequest
 from flows.engine.records.results import Decision
 
-pytestmark = [needs_shared, pytest.mark.usefixtures("prefect_server")]
+pytestmark = pytest.mark.usefixtures("prefect_server")
 
 EXPECTED = {
     "deploy_phase1": ("deploy_phase1", ["phase1", "gate1", "deploy_phase1"]),

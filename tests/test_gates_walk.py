@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPLAYS, SHIPPED_PLAN, needs_shared
+from conftest import REPLAYS, SHIPPED_PLAN
 
 from flows.engine.config import OptimizeRequest, prepare
 from flows.engine.decisions.gates import evaluate_gate, shortfalls, speedup_of
 from flows.engine.decisions.monitors import check_monitors
-from flows.engine.decisions.stoppers import Stoppers
 from flows.engine.decisions.walk import pick_best, walk_tree
 from flows.engine.plan.schema import GateNode, Monitor, SearchNode
 from flows.engine.plan.tree import always_before, find_cycle, paths
@@ -22,6 +21,7 @@ from flows.engine.records.results import (
     TrainSpec,
     ValMetrics,
 )
+from tasks.step import StepExecutor, TrainingStep
 
 
 def result(node: str = "p", **kw) -> PhaseResult:
@@ -146,8 +146,8 @@ def test_a_search_whose_trials_all_tie_says_so():
 
 def test_figures_that_do_not_exist_read_na_with_the_reason():
     """The report's phase table and the model card never print None."""
-    from flows.engine.records.registry import model_card
-    from flows.engine.records.report import phase_rows
+    from flows.engine.outputs.registry import model_card
+    from flows.engine.outputs.report import phase_rows
 
     cpu = result(
         node="phase1", status="diverged", diverged=True, batch_used=8, accumulate=2, effective_batch=16
@@ -173,25 +173,20 @@ def test_monitors_warn_from_their_epoch_on():
     assert "expected ≥ 0.99" in hits[0].message("phase1")
 
 
-class PlainExecutor:
-    """Runs the walk without Prefect: the replay trainer, and lists for what was published."""
+class PlainExecutor(StepExecutor):
+    """Runs the walk without Prefect: the training step over the replay trainer (no journal), and lists
+    for what was published."""
 
     def __init__(self, spec: Path):
         from tasks.trainers.replay import ReplayTrainer
 
-        self.trainer = ReplayTrainer.from_file(spec)
+        super().__init__(TrainingStep(ReplayTrainer.from_file(spec)), observe=self.count)
         self.gates: list[GateResult] = []
         self.entered: list[str] = []
         self.epochs = 0
 
-    def train(self, spec: TrainSpec) -> PhaseResult:
-        stoppers = Stoppers(spec)  # what the spec says may stop it: its trial's end, monitors, early decision
-
-        def count(event: EpochEvent) -> None:
-            self.epochs += 1
-            stoppers(event)
-
-        return self.trainer.train(spec, count)
+    def count(self, _: EpochEvent) -> None:
+        self.epochs += 1
 
     def gate(self, result: GateResult) -> None:
         self.gates.append(result)
@@ -200,7 +195,6 @@ class PlainExecutor:
         self.entered.append(node)
 
 
-@needs_shared
 @pytest.mark.parametrize(
     ("spec", "terminal"),
     [
@@ -233,7 +227,6 @@ def test_tree_helpers_on_shipped_plan(demo_data):
     assert not always_before(plan, "phase2", "deploy_phase1")
 
 
-@needs_shared
 def test_replay_honours_stop_training(tmp_path):
     """A monitor's stop ends a replayed run after that epoch, as it would a real one."""
     from flows.engine.decisions.monitors import StopTraining

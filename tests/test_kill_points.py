@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPLAYS, ROOT, needs_shared
+from conftest import REPLAYS, ROOT
 
-pytestmark = [needs_shared, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 EPOCH_LINE = re.compile(r"- (?P<label>[\w -]+?): epoch (?P<epoch>\d+)/(?P<planned>\d+) ")
 
 
@@ -135,10 +135,10 @@ def assert_files_sound(run_dir: Path) -> None:
 
 REPLAY_POINTS = [
     ("deploy_phase3", "epoch:phase1:20"),  # during a train node (safe does not stop it on mAP50-95)
-    ("deploy_phase3", "journal:phase1"),  # between a node and its journal line
+    ("deploy_phase3", "journal:phase1"),  # after a node's journal line, before its phase_result.json
     ("deploy_phase3", "journal:gate:gate1"),  # between a gate and its journal line
     ("deploy_phase3", "epoch:phase3:12"),  # during a search trial (each trial replays 20 epochs)
-    ("deploy_phase3", "journal:phase3/trial-04"),  # between a trial and its journal line
+    ("deploy_phase3", "journal:phase3/trial-04"),  # after a trial's journal line, before the study is told
     ("deploy_phase3", "journal:phase3/full"),  # after the search's full run
     ("deploy_phase3", "deploy"),  # halfway through a deploy
     ("deploy_phase3", "journal:terminal"),  # after the deploy, before its journal line
@@ -246,8 +246,8 @@ def test_kill_real_training_mid_phase_then_resume(node, api_url, demo_data, tmp_
 
 
 PRUNED_POINTS = ["epoch:phase3:7", "journal:phase3/trial-03", "journal:phase3/full"]
-"""A pruned search (successive halving, first rung at epoch 5): killed inside a trial, between a (pruned)
-trial and its journal line, and after the continued full run."""
+"""A pruned search (successive halving, first rung at epoch 5): killed inside a trial, after a (pruned)
+trial's journal line (before the study is told), and after the continued full run."""
 
 
 @pytest.fixture(scope="module")

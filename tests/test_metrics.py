@@ -16,24 +16,14 @@ from pydantic import ValidationError
 
 from flows.engine.metrics import ap as ap_module
 from flows.engine.metrics.bootstrap import (
-    Interval,
     MatchStats,
     Resampler,
     bootstrap_intervals,
     percentile_interval,
     resample_counts,
 )
-from flows.engine.metrics.buckets import (
-    COCO_BUCKETS,
-    FOD_BUCKETS,
-    EvaluationSettings,
-    SizeBucket,
-    bucket_problems,
-    reference_problems,
-    resolve_class,
-)
 from flows.engine.metrics.coco_resample import CocoResampler
-from flows.engine.metrics.evaluation import Evaluation, OverallFigures, condition_name, judge_minimum
+from flows.engine.metrics.evaluation import condition_name, judge_minimum
 from flows.engine.metrics.render import (
     class_table,
     model_card_lines,
@@ -56,6 +46,16 @@ from flows.engine.metrics.sizes import (
     read_ground_truth,
     run_evaluator,
 )
+from flows.engine.plan.buckets import (
+    COCO_BUCKETS,
+    FOD_BUCKETS,
+    EvaluationSettings,
+    SizeBucket,
+    bucket_problems,
+    reference_problems,
+    resolve_class,
+)
+from flows.engine.records.evaluation import Evaluation, Interval, OverallFigures
 
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
 FAST = EvaluationSettings(resamples=1000, seed=0)
@@ -644,7 +644,7 @@ def test_metrics_package_imports_without_torch_or_ultralytics():
     """The engine side imports no torch, Ultralytics, Prefect, faster-coco-eval or matplotlib at import time."""
     code = (
         "import sys\n"
-        "import flows.engine.metrics.buckets, flows.engine.metrics.ap, flows.engine.metrics.bootstrap\n"
+        "import flows.engine.plan.buckets, flows.engine.metrics.ap, flows.engine.metrics.bootstrap\n"
         "import flows.engine.metrics.sizes, flows.engine.metrics.coco_resample\n"
         "import flows.engine.metrics.evaluation, flows.engine.metrics.render\n"
         "heavy = [m for m in ('torch', 'ultralytics', 'prefect', 'faster_coco_eval', 'matplotlib') if m in sys.modules]\n"

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from flows.engine.decisions.gates import evaluate_gate
 from flows.engine.faults import FAKE_OOM_ENV, fake_oom_above
+from flows.engine.outputs.report import incident_lines
 from flows.engine.plan.schema import GateNode
-from flows.engine.records.report import incident_lines
 from flows.engine.records.results import EpochEvent, OomEvent, PhaseResult, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,7 @@ def test_fake_oom_switch(monkeypatch):
     assert fake_oom_above() is None
 
 
+@pytest.mark.integration
 def test_oom_halves_the_batch_and_keeps_the_effective_batch(demo_data, tmp_path, monkeypatch):
     """Batch 8 runs out of memory; Ultralytics retries at 4 with accumulation 4: still 16 per step."""
     result, logs = train_with_fake_oom(4, tmp_path / "phase1", demo_data, monkeypatch)
@@ -69,6 +72,7 @@ def test_oom_halves_the_batch_and_keeps_the_effective_batch(demo_data, tmp_path,
     )
 
 
+@pytest.mark.integration
 def test_oom_that_halving_cannot_resolve_fails_the_phase_with_that_reason(demo_data, tmp_path, monkeypatch):
     """Every batch runs out of memory: 8 → 4 → 2 → 1, then Ultralytics gives up: an outcome (not an error),
     explained, and the gate fails on it."""

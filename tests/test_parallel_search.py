@@ -22,7 +22,7 @@ from conftest import SHARED, SHIPPED_PLAN, needs_shared
 from flows.engine.config import OptimizeRequest, prepare
 from flows.engine.faults import KILL_ENV
 
-pytestmark = [needs_shared, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [needs_shared, pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 
 EPOCH_SECONDS = 0.15
 

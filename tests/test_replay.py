@@ -1,4 +1,6 @@
-"""The replay trainer on real curves from ../shared/curves, and the shipped replay SPECs."""
+"""The replay trainer on real curves from ../shared/curves and from the project's own corpus
+(benchmarks/curves/corpus), and the shipped replay SPECs (which read only the corpus: they run on a fresh
+clone)."""
 
 from __future__ import annotations
 
@@ -8,23 +10,28 @@ from pathlib import Path
 import pytest
 
 from flows.engine.fsutil import AlreadyExistsError
-from flows.engine.records.replay_spec import ReplaySpecError, load_replay_spec
+from flows.engine.records.replay_spec import ReplaySpecError, RunEntry, SearchEntry, load_replay_spec
 from flows.engine.records.results import EpochEvent, PhaseResult, TrainSpec
 from flows.engine.records.results_csv import read_results_csv
 from tasks.trainers.replay import DIVERGED_REASON, ReplayTrainer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 CURVES = SHARED / "curves"
+CORPUS = ROOT / "benchmarks" / "curves" / "corpus"
+"""Real public results.csv curves committed in the project (epoch, precision, recall, mAP50, mAP50-95)."""
 REPLAYS = Path(__file__).resolve().parent / "replays"
-pytestmark = pytest.mark.skipif(
+SHIPPED = ["deploy_phase1", "deploy_phase2", "deploy_phase3", "keep_baseline"]
+needs_curves = pytest.mark.skipif(
     not (CURVES / "29.csv").is_file(), reason=f"real curves not found at {CURVES}"
 )
 
 
 def write_spec(tmp_path: Path, text: str, name: str = "replay.yaml") -> Path:
-    """A SPEC in tmp_path whose ``CURVES`` placeholder points at the real curves."""
+    """A SPEC in tmp_path whose ``CURVES`` and ``CORPUS`` placeholders point at the real curves."""
     path = tmp_path / name
-    path.write_text(textwrap.dedent(text).replace("CURVES", str(CURVES)), encoding="utf-8")
+    text = textwrap.dedent(text).replace("CURVES", str(CURVES)).replace("CORPUS", str(CORPUS))
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -56,6 +63,7 @@ def plain(tmp_path: Path) -> ReplayTrainer:
 # --- replaying a curve ---------------------------------------------------------------------------
 
 
+@needs_curves
 def test_events_stream_the_recorded_epochs(tmp_path: Path, plain: ReplayTrainer) -> None:
     result, events = replay(plain, train_spec(tmp_path, epochs=50))
     records = read_results_csv(CURVES / "29.csv")
@@ -70,6 +78,7 @@ def test_events_stream_the_recorded_epochs(tmp_path: Path, plain: ReplayTrainer)
     assert result.images_per_s is None  # no figure given and the number of training images is unknown
 
 
+@needs_curves
 def test_longer_curve_is_cut_at_planned_epochs(tmp_path: Path, plain: ReplayTrainer) -> None:
     result, events = replay(plain, train_spec(tmp_path, epochs=20))
     assert [e.record.epoch for e in events] == list(range(1, 21))
@@ -77,6 +86,7 @@ def test_longer_curve_is_cut_at_planned_epochs(tmp_path: Path, plain: ReplayTrai
     assert result.metrics.map50_95 == 0.90857  # best of the first 20 epochs, not of all 50
 
 
+@needs_curves
 def test_shorter_curve_stops_the_run(tmp_path: Path, plain: ReplayTrainer) -> None:
     result, events = replay(plain, train_spec(tmp_path))  # 100 planned, 50 recorded
     assert len(events) == 50
@@ -85,6 +95,7 @@ def test_shorter_curve_stops_the_run(tmp_path: Path, plain: ReplayTrainer) -> No
     assert "50 of 100" in (result.reason or "")
 
 
+@needs_curves
 def test_metrics_come_from_the_best_fitness_epoch(tmp_path: Path) -> None:
     trainer = ReplayTrainer.from_file(write_spec(tmp_path, "nodes:\n  p:\n    csv: CURVES/33.csv\n"))
     result, _ = replay(trainer, train_spec(tmp_path, "p", epochs=50))
@@ -97,6 +108,7 @@ def test_metrics_come_from_the_best_fitness_epoch(tmp_path: Path) -> None:
     }
 
 
+@needs_curves
 def test_written_files(tmp_path: Path, plain: ReplayTrainer) -> None:
     spec = train_spec(tmp_path, epochs=30)
     result, _ = replay(plain, spec)
@@ -114,6 +126,7 @@ def test_written_files(tmp_path: Path, plain: ReplayTrainer) -> None:
 # --- overrides -----------------------------------------------------------------------------------
 
 
+@needs_curves
 def test_figure_overrides(tmp_path: Path) -> None:
     trainer = ReplayTrainer.from_file(
         write_spec(
@@ -139,6 +152,7 @@ def test_figure_overrides(tmp_path: Path) -> None:
     assert [e.nan_recoveries for e in events][-2:] == [0, 2]
 
 
+@needs_curves
 def test_offset_and_scale_change_the_gated_metric(tmp_path: Path) -> None:
     trainer = ReplayTrainer.from_file(
         write_spec(
@@ -162,6 +176,7 @@ def test_offset_and_scale_change_the_gated_metric(tmp_path: Path) -> None:
     assert max(r.map50_95 or 0 for r in clipped.history) == 1.0
 
 
+@needs_curves
 def test_diverged_run(tmp_path: Path) -> None:
     trainer = ReplayTrainer.from_file(
         write_spec(tmp_path, "nodes:\n  p: {csv: CURVES/21.csv, diverged: true, nan_recoveries: 3}\n")
@@ -171,6 +186,7 @@ def test_diverged_run(tmp_path: Path) -> None:
     assert (result.epochs_done, result.nan_recoveries, events[-1].nan_recoveries) == (52, 3, 3)
 
 
+@needs_curves
 def test_images_per_s_from_time_column_when_image_count_given(tmp_path: Path) -> None:
     trainer = ReplayTrainer.from_file(
         write_spec(tmp_path, "nodes:\n  p: {csv: CURVES/29.csv, train_images: 1000}\n")
@@ -184,6 +200,7 @@ def test_images_per_s_from_time_column_when_image_count_given(tmp_path: Path) ->
     assert result.images_per_s == pytest.approx((1000 / durations[1] + 1000 / durations[2]) / 2)
 
 
+@needs_curves
 @pytest.mark.parametrize(
     ("args", "effective_batch", "batch_used", "expected"),
     [
@@ -238,6 +255,7 @@ nodes:
 """
 
 
+@needs_curves
 def test_search_trials_cycle_and_full_run(tmp_path: Path) -> None:
     trainer = ReplayTrainer.from_file(write_spec(tmp_path, SEARCH_SPEC))
     first = {n: read_results_csv(CURVES / f"{n}.csv")[0] for n in (29, 35, 31, 13, 5, 23)}
@@ -257,6 +275,46 @@ def test_search_trials_cycle_and_full_run(tmp_path: Path) -> None:
     assert events[0].record == first[23]
 
 
+def test_a_corpus_curve_without_loss_lr_or_time_columns_replays(tmp_path: Path) -> None:
+    """The corpus keeps only epoch, precision, recall, mAP50 and mAP50-95 (k012: 0-based epochs, as
+    Ultralytics 8.0 wrote them): read and replayed like a full results.csv. No loss column is needed: a
+    diverged run is the entry's ``diverged``, and ``no_divergence`` reads that."""
+    from flows.engine.decisions.gates import evaluate_gate
+    from flows.engine.plan.schema import GateNode
+    from flows.engine.records.results_csv import best_epoch
+
+    csv = CORPUS / "k012.csv"
+    header = csv.read_text(encoding="utf-8").splitlines()[0]
+    assert header == "epoch,metrics/precision(B),metrics/recall(B),metrics/mAP50(B),metrics/mAP50-95(B)"
+    records = read_results_csv(csv)
+    assert [r.epoch for r in records] == list(range(1, 101))
+    assert all(r.losses == {} and r.lr == {} and r.time_s is None for r in records)
+    spec = "nodes:\n  p: {csv: CORPUS/k012.csv}\n  d: {csv: CORPUS/k012.csv, diverged: true, nan_recoveries: 3}\n"
+    trainer = ReplayTrainer.from_file(write_spec(tmp_path, spec))
+    result, events = replay(trainer, train_spec(tmp_path, "p"))
+    assert [e.record for e in events] == list(records) and result.history == records
+    assert (result.status, result.epochs_done, result.diverged) == ("completed", 100, False)
+    best = best_epoch(records)
+    assert result.metrics.map50_95 == best.map50_95 and result.metrics.precision == best.precision
+    assert (result.wall_s, result.images_per_s) == (None, None)  # no time column, no figure given
+    assert result.results_csv.read_text(encoding="utf-8").splitlines()[0] == header
+    assert read_results_csv(result.results_csv) == records
+    diverged, _ = replay(trainer, train_spec(tmp_path, "d"))
+    assert (diverged.status, diverged.reason, diverged.nan_recoveries) == ("diverged", DIVERGED_REASON, 3)
+    gate = GateNode.model_validate(
+        {
+            "kind": "gate",
+            "subject": "p",
+            "conditions": [{"check": "no_divergence"}],
+            "on_pass": "a",
+            "on_fail": "b",
+        }
+    )
+    assert evaluate_gate("g", gate, result, {}).outcome == "pass"
+    assert evaluate_gate("g", gate, diverged, {}).outcome == "fail"
+
+
+@needs_curves
 def test_missing_nodes(tmp_path: Path) -> None:
     spec = load_replay_spec(write_spec(tmp_path, "nodes:\n  phase1: {csv: CURVES/29.csv}\n"))
     assert spec.missing_nodes(["phase1", "phase2", "phase3"]) == ["phase2", "phase3"]
@@ -285,6 +343,7 @@ def test_csv_paths_are_relative_to_the_spec_file(tmp_path: Path, monkeypatch: py
 # --- bad SPECs -----------------------------------------------------------------------------------
 
 
+@needs_curves
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -314,6 +373,37 @@ def test_bad_spec_is_rejected_up_front(tmp_path: Path, text: str, message: str) 
         ReplayTrainer.from_file(path)
     assert str(path) in str(caught.value)
     assert isinstance(caught.value, ValueError)
+    lines = str(caught.value).splitlines()
+    assert lines == [problem.line() for problem in caught.value.problems]
+    assert all(line.startswith(f"{path}: ") and line.count(str(path)) == 1 for line in lines), lines
+
+
+FOUR_PROBLEMS = """
+nodes:
+  phase1: {csv: nowhere.csv, speed: 3}
+  phase2: {csv: CORPUS/k012.csv, images_per_s: fast}
+  phase3: {trials: [], full: {csv: CORPUS/k012.csv}}
+"""
+
+
+def test_every_problem_of_a_spec_is_a_line_of_its_own(tmp_path: Path) -> None:
+    """Four problems: four problems and four lines, each naming the SPEC file once, its key path, and what
+    is wrong (the command line prints them so: tests/test_bad_inputs.py)."""
+    path = write_spec(tmp_path, FOUR_PROBLEMS)
+    with pytest.raises(ReplaySpecError) as caught:
+        load_replay_spec(path)
+    problems = caught.value.problems
+    assert [(p.source, p.where) for p in problems] == [
+        (str(path), "nodes.phase1.csv"),
+        (str(path), "nodes.phase1.speed"),
+        (str(path), "nodes.phase2.images_per_s"),
+        (str(path), "nodes.phase3.trials"),
+    ]
+    assert "file not found" in problems[0].message and "relative to the SPEC" in problems[0].message
+    assert problems[1].message.startswith("unknown key") and "docs/REPLAY.md" in problems[1].message
+    lines = str(caught.value).splitlines()
+    assert lines == [p.line() for p in problems]
+    assert all(line.count(str(path)) == 1 for line in lines), lines
 
 
 def test_missing_spec_file(tmp_path: Path) -> None:
@@ -358,7 +448,22 @@ def walk_shipped_plan(trainer: ReplayTrainer, tmp_path: Path, trials: int = 9) -
     return "keep_baseline"
 
 
-@pytest.mark.parametrize("terminal", ["deploy_phase1", "deploy_phase2", "deploy_phase3", "keep_baseline"])
+@pytest.mark.parametrize("terminal", SHIPPED)
+def test_shipped_replays_read_only_curves_committed_in_the_project(terminal: str) -> None:
+    """A fresh clone has no ../shared: every curve a shipped SPEC names is one of the corpus's."""
+    path = REPLAYS / f"{terminal}.yaml"
+    assert "shared" not in path.read_text(encoding="utf-8")
+    spec = load_replay_spec(path)
+    runs: list[RunEntry] = []
+    for entry in [spec.default, *spec.nodes.values()]:
+        if isinstance(entry, SearchEntry):
+            runs += [*(entry.trials if isinstance(entry.trials, list) else [entry.trials]), entry.full]
+        elif entry is not None:
+            runs.append(entry)
+    assert runs and all(run.csv.parent == CORPUS and run.csv.is_file() for run in runs), runs
+
+
+@pytest.mark.parametrize("terminal", SHIPPED)
 def test_shipped_replays_reach_their_terminal(tmp_path: Path, terminal: str) -> None:
     trainer = ReplayTrainer.from_file(REPLAYS / f"{terminal}.yaml")
     assert trainer.spec.missing_nodes(["phase1", "phase2", "phase3"]) == []

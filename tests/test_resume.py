@@ -8,75 +8,72 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPLAYS, ROOT, SHIPPED_PLAN, needs_shared
+from conftest import REPLAYS, ROOT, SHIPPED_PLAN
 
-from flows.engine.config import OptimizeRequest, prepare
-from flows.engine.decisions.stoppers import Stoppers
-from flows.engine.decisions.walk import walk_tree
+from flows.engine.config import OptimizeRequest, RunConfig, prepare
+from flows.engine.decisions.walk import WalkState, walk_tree
 from flows.engine.records.journal import (
     Journal,
-    JournalingExecutor,
     RunIdentity,
     RunLockedError,
     find_resumable,
     locked,
     write_identity,
 )
-from flows.engine.records.results import EpochEvent, GateResult, PhaseResult, TrainSpec
+from flows.engine.records.results import EpochEvent, PhaseResult, TrainSpec
+from tasks.step import StepExecutor, TrainingStep
 
 
 class Crash(Exception):
     """Stands in for a power cut at a chosen training."""
 
 
-class CountingExecutor:
-    """Replays, counts trainings and epochs, and crashes before training number ``crash_at``."""
+class CountingTrainer:
+    """The replay trainer, counting trainings and epochs; crashes before training number ``crash_at``."""
 
     def __init__(self, spec: Path, crash_at: int | None = None):
         from tasks.trainers.replay import ReplayTrainer
 
-        self.trainer = ReplayTrainer.from_file(spec)
+        self.replay = ReplayTrainer.from_file(spec)
         self.crash_at = crash_at
         self.trained: list[str] = []
         self.epochs = 0
 
-    def train(self, spec: TrainSpec) -> PhaseResult:
+    def train(self, spec: TrainSpec, on_epoch: Callable[[EpochEvent], None]) -> PhaseResult:
         if self.crash_at is not None and len(self.trained) == self.crash_at:
             raise Crash(spec.node)
         self.trained.append(f"{spec.node}/{spec.trial}")
-        stoppers = Stoppers(spec)
 
         def count(event: EpochEvent) -> None:
             self.epochs += 1
-            stoppers(event)
+            on_epoch(event)
 
-        return self.trainer.train(spec, count)
-
-    def gate(self, result: GateResult) -> None:
-        pass
-
-    def enter(self, node: str, index: int) -> None:
-        pass
+        return self.replay.train(spec, count)
 
 
-@needs_shared
+def walk_with(cfg: RunConfig, run_dir: Path, trainer: CountingTrainer) -> WalkState:
+    """The walk with the training step every caller uses, recording into the run folder's journal."""
+    return walk_tree(cfg, run_dir, StepExecutor(TrainingStep(trainer, Journal(run_dir))))
+
+
 @pytest.mark.parametrize("crash_at", [0, 2, 6, 11])
 def test_walk_resumes_after_crash_without_training_twice(crash_at, demo_data, tmp_path):
     """Crash before the Nth training, re-run: same terminal, every training exactly once overall."""
     replay = REPLAYS / "deploy_phase3.yaml"
     cfg = prepare(OptimizeRequest(plan=SHIPPED_PLAN, data=demo_data, replay=replay))
-    clean = CountingExecutor(replay)
-    expected = walk_tree(cfg, tmp_path / "clean", JournalingExecutor(clean, Journal(_mk(tmp_path / "clean"))))
+    clean = CountingTrainer(replay)
+    expected = walk_with(cfg, _mk(tmp_path / "clean"), clean)
 
     run_dir = _mk(tmp_path / "crashed")
-    first = CountingExecutor(replay, crash_at=crash_at)
+    first = CountingTrainer(replay, crash_at=crash_at)
     with pytest.raises(Crash):
-        walk_tree(cfg, run_dir, JournalingExecutor(first, Journal(run_dir)))
-    second = CountingExecutor(replay)
-    state = walk_tree(cfg, run_dir, JournalingExecutor(second, Journal(run_dir), log=lambda _: None))
+        walk_with(cfg, run_dir, first)
+    second = CountingTrainer(replay)
+    state = walk_with(cfg, run_dir, second)
 
     assert state.terminal == expected.terminal == "deploy_phase3"
     assert state.path == expected.path
@@ -145,7 +142,7 @@ def test_run_folder_lock_is_exclusive(tmp_path):
     assert RunLockedError.__mro__[1] is RuntimeError
 
 
-@needs_shared
+@pytest.mark.integration
 def test_cli_kill_9_then_rerun_resumes_same_run(demo_data, tmp_path):
     """kill -9 the real command mid-walk; the same command again finishes the same run folder."""
     runs = tmp_path / "runs"
@@ -184,13 +181,13 @@ def test_cli_kill_9_then_rerun_resumes_same_run(demo_data, tmp_path):
     assert len(keys) > before
 
 
-class RecordingExecutor:
+class RecordingTrainer:
     """Remembers the spec it was asked to train; stands in for the trainer (no training needed here)."""
 
     def __init__(self) -> None:
         self.specs: list[TrainSpec] = []
 
-    def train(self, spec: TrainSpec) -> PhaseResult:
+    def train(self, spec: TrainSpec, on_epoch: Callable[[EpochEvent], None]) -> PhaseResult:
         self.specs.append(spec)
         raise Crash(spec.node)  # the result does not matter: what was asked is the point
 
@@ -209,13 +206,13 @@ def test_truncated_last_pt_is_set_aside_and_the_phase_starts_over(tmp_path):
     last.write_bytes(torn)
     spec = TrainSpec(plan="p", node="phase1", model=Path("m.yaml"), data=Path("d.yaml"), run_dir=run_dir)
     lines: list[str] = []
-    inner = RecordingExecutor()
-    executor = JournalingExecutor(
+    inner = RecordingTrainer()
+    executor = TrainingStep(
         inner, Journal(_mk(tmp_path / "j")), log=lines.append, checkpoint_problem=weights_problem
     )
 
     with pytest.raises(Crash):
-        executor.train(spec)
+        executor(spec)
     assert inner.specs[-1].resume_from is None  # trained from the start
     assert not last.exists()
     assert (run_dir / "weights" / "last.damaged-1.pt").read_bytes() == torn  # nothing deleted
@@ -223,5 +220,5 @@ def test_truncated_last_pt_is_set_aside_and_the_phase_starts_over(tmp_path):
 
     last.write_bytes(whole.read_bytes())  # a whole checkpoint is resumed from
     with pytest.raises(Crash):
-        executor.train(spec)
+        executor(spec)
     assert inner.specs[-1].resume_from == last

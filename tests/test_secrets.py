@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import REPLAYS, ROOT, SHIPPED_PLAN, needs_shared
+from conftest import REPLAYS, ROOT, SHIPPED_PLAN
 
 from flows.engine.config import OptimizeRequest
 
@@ -21,7 +21,6 @@ DB_URL = f"postgresql+asyncpg://prefect:{DB_PASSWORD}@db:5432/prefect"
 SECRETS = (AUTH, "s3cret-auth-9f2c", DB_PASSWORD, DB_URL)
 
 
-@needs_shared
 @pytest.mark.usefixtures("prefect_server")
 def test_no_secret_in_run_files_or_logs(demo_data, tmp_path, monkeypatch, caplog, capfd):
     from flows.fod_flow import optimize

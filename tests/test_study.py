@@ -30,6 +30,7 @@ from flows.engine.decisions.study import (
 )
 from flows.engine.plan.sampling import sample_trials
 from flows.engine.plan.schema import Design, SearchNode
+from flows.engine.plan.search_rules import missing_packages, search_problems, trial_count
 from flows.engine.plan.search_settings import (
     FullRun,
     HyperbandSettings,
@@ -39,9 +40,6 @@ from flows.engine.plan.search_settings import (
     StudySettings,
     SuccessiveHalvingSettings,
     TrialSchedule,
-    missing_packages,
-    search_problems,
-    trial_count,
 )
 from flows.engine.records.results import PhaseResult, TrainSpec, TrialHook, ValMetrics
 
@@ -275,6 +273,7 @@ def sampler_points(tmp_path: Path, method: str, name: str, stop_after: int | Non
     return points
 
 
+@pytest.mark.integration
 def test_a_seeded_tpe_sampler_gives_the_same_points_twice_and_after_a_reopen(tmp_path: Path) -> None:
     first = sampler_points(tmp_path, "tpe", "a.db")
     assert len(first) == 6 and len({str(p) for p in first}) == 6  # six distinct points, within the budget
@@ -284,6 +283,7 @@ def test_a_seeded_tpe_sampler_gives_the_same_points_twice_and_after_a_reopen(tmp
 
 
 @pytest.mark.parametrize("method", ["qmc", "gp"])
+@pytest.mark.integration
 def test_seeded_qmc_and_gp_samplers_give_the_same_points_twice(tmp_path: Path, method: str) -> None:
     if missing := missing_packages(method):
         pytest.skip(f"{method} needs {', '.join(missing)} (pip install {' '.join(missing)})")
@@ -406,6 +406,7 @@ def _report_from_worker(hooks_json: list[str], epochs: int, out: Any) -> None:
     out.put(done)
 
 
+@pytest.mark.integration
 def test_two_processes_reporting_into_one_sqlite_study_at_once_do_not_corrupt_it(tmp_path: Path) -> None:
     """As the engine runs a search side by side: the walk (one process) hands out the trials and finishes
     them; two worker processes report their trials' epochs into the one SQLite study at the same time.
@@ -554,7 +555,7 @@ def test_importing_the_modules_does_not_import_optuna() -> None:
 
 
 def test_planned_epochs_and_the_one_line_description_of_a_search() -> None:
-    from flows.engine.plan.search_settings import describe_study, planned_search_epochs
+    from flows.engine.plan.search_rules import describe_study, planned_search_epochs
 
     seed = draft_node()
     assert planned_search_epochs(seed, full_epochs=100, n_trials=9) == (280, 280)
@@ -574,7 +575,7 @@ def test_planned_epochs_and_the_one_line_description_of_a_search() -> None:
 
 
 def test_a_sampler_design_is_described_in_one_line() -> None:
-    from flows.engine.plan.search_settings import describe_sampler_design
+    from flows.engine.plan.search_rules import describe_sampler_design
 
     node = draft_node(design={"method": "tpe", "max_trials": 12, "n_trials": 9, "seed": 3})
     assert describe_sampler_design(node.design, node.study.sampler) == (

@@ -73,6 +73,7 @@ def assert_trained(result, events: list[EpochEvent], run_dir: Path, epochs: int)
 
 
 @needs_golfball
+@pytest.mark.integration
 def test_real_training_two_epochs_on_cpu(tmp_path: Path) -> None:
     """The default suite's proof that training works end to end (about 30 s on 2 cores)."""
     run_dir = tmp_path / "runs" / "phase1"

@@ -16,14 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.engine.data.checks import check_runs_dir, weights_problem
 from flows.engine.data.dataset import ResolvedDataset, inspect_dataset
-from flows.engine.data.profile import DataProfile
-from flows.engine.decisions.batch_planner import BatchPlanSettings
+from flows.engine.plan.batch_settings import BatchPlanSettings
 from flows.engine.plan.devices import node_device_problems, spread_devices
 from flows.engine.plan.loader import load_plan
 from flows.engine.plan.problems import PlanError, Problem, errors_of
 from flows.engine.plan.resolve import inherited, node_args, resolve_path, trial_args
 from flows.engine.plan.schema import GateNode, MetricCheck, Plan, SearchNode, TrainNode, VramCheck
 from flows.engine.plan.validate import check_plan
+from flows.engine.records.profile import DataProfile
 from flows.engine.records.replay_spec import ReplaySpec, ReplaySpecError, load_replay_spec
 
 
@@ -161,7 +161,7 @@ def check_models(plan: Plan, source: str, plan_dir: Path, force: dict[str, Any])
 def check_batch_plans(plan: Plan, source: str, force: dict[str, Any]) -> list[Problem]:
     """Planned phases must keep an effective batch and a fixed fallback batch, and every VRAM monitor and
     gate of the phase must read the budget the planner plans for (one number, one figure)."""
-    from flows.engine.decisions.batch_planner import (
+    from flows.engine.plan.batch_settings import (
         MONITOR_FIGURES,
         VramBound,
         budget_mismatches,
@@ -203,7 +203,7 @@ def check_batch_plans(plan: Plan, source: str, force: dict[str, Any]) -> list[Pr
 
 def check_evaluation(plan: Plan, source: str, dataset: ResolvedDataset | None) -> list[Problem]:
     """Size buckets that overlap or leave gaps, and gates that read an unknown bucket or class."""
-    from flows.engine.metrics.buckets import bucket_problems, reference_problems
+    from flows.engine.plan.buckets import bucket_problems, reference_problems
 
     problems = bucket_problems(plan.evaluation, source=source)
     names = dataset.names if dataset is not None else None
@@ -244,9 +244,14 @@ def check_replay(path: Path, plan: Plan) -> tuple[ReplaySpec | None, list[Proble
     try:
         spec = load_replay_spec(path)
     except ReplaySpecError as exc:
-        return None, [Problem(str(path), "", str(exc))]
+        return None, list(exc.problems)  # one line each, naming the SPEC file once
     missing = spec.missing_nodes(plan.train_nodes())
-    problems = [Problem(str(path), node, "no recorded run for this node and no default") for node in missing]
+    problems = [
+        Problem(
+            str(path), f"nodes.{node}", "no recorded run for this node and no default (add one, or a default)"
+        )
+        for node in missing
+    ]
     return (None if problems else spec), problems
 
 

@@ -129,9 +129,9 @@ def evaluate(
     from ultralytics import YOLO
 
     from flows.engine.metrics.bootstrap import bootstrap_intervals
-    from flows.engine.metrics.buckets import EvaluationSettings
-    from flows.engine.metrics.evaluation import Evaluation, OverallFigures
     from flows.engine.metrics.sizes import evaluate_sizes, predictions_from_records, read_ground_truth
+    from flows.engine.plan.buckets import EvaluationSettings
+    from flows.engine.records.evaluation import Evaluation, OverallFigures
 
     settings = settings if settings is not None else EvaluationSettings()
     keep = save_dir is not None
@@ -208,8 +208,8 @@ def finite(value: float) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate one best.pt and print the report section; ``--json`` writes the Evaluation."""
-    from flows.engine.metrics.buckets import EvaluationSettings
     from flows.engine.metrics.render import evaluation_section
+    from flows.engine.plan.buckets import EvaluationSettings
 
     parser = argparse.ArgumentParser(description="Accuracy by object size and class, with intervals")
     parser.add_argument("weights", type=Path)

@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.engine.decisions.batch_planner import ProbeMeasurement
+from flows.engine.records.batch_plan import ProbeMeasurement
 from tasks.trainers.offline import offline_environment
 from tasks.trainers.vram import cuda_index, cuda_missing
 

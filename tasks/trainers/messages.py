@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field
 
 from flows.engine.base import Frozen
-from flows.engine.metrics.evaluation import Evaluation
+from flows.engine.records.evaluation import Evaluation
 from flows.engine.records.results import OomEvent, ValMetrics
 
 

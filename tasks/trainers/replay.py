@@ -9,18 +9,18 @@ checked once, in validation (``flows.engine.records.replay_spec``).
 Replay SPEC (YAML; see docs/REPLAY.md)::
 
     default:                      # optional: used for every node not listed under `nodes`
-      csv: ../shared/curves/23.csv
+      csv: ../../benchmarks/curves/corpus/k012.csv
     nodes:
       phase1:                     # a plain node: one recorded run
-        csv: ../shared/curves/25.csv     # relative to this SPEC file
-        offset_map50_95: 0.16            # optional overrides, see RunEntry
+        csv: ../../benchmarks/curves/corpus/n004.csv    # relative to this SPEC file
+        offset_map50_95: 0.21                          # optional overrides, see RunEntry
         images_per_s: 40
       phase3:                     # a search node
         trials:                   # a list used in order (cycled), or one mapping for all trials
-          - csv: ../shared/curves/29.csv
-          - csv: ../shared/curves/35.csv
+          - csv: ../../benchmarks/curves/corpus/g005.csv
+          - csv: ../../benchmarks/curves/corpus/g001.csv
         full:                     # the full run of the best trial (TrainSpec.trial is None)
-          csv: ../shared/curves/5.csv
+          csv: ../../benchmarks/curves/corpus/g011.csv
 
 A run replays the first ``spec.epochs`` records (a longer curve is cut; a shorter one ends the run
 "stopped"), streams one ``EpochEvent`` per epoch, and returns the metrics of the epoch best.pt comes

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows.engine.plan.cost import NodeSpeed
+from flows.engine.decisions.cost import NodeSpeed
 from flows.engine.records.results import PhaseResult, TrainSpec
 
 PROBE_ITERATIONS = 6

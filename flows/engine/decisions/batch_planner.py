@@ -5,12 +5,12 @@ guessing high costs an out-of-memory restart hours into a run. Ultralytics' Auto
 fraction of the card, knows nothing of the plan's budget (18 GB in Phase 1, 20 GB in Phase 2) and
 ignores accumulation, so the effective batch, and with it the tuned learning rate, moves silently.
 
-This module is the pure part: settings a user writes under a phase (``BatchPlanSettings``), the
-search over a ``MemoryProbe`` (the hardware boundary: ``tasks/trainers/memory_probe.py`` on CUDA, a
-small fake in tests), the accumulation arithmetic Ultralytics applies, and frozen records of every
-measurement, the fit and the choice (``BatchPlan``) for the phase result, the report and --dry-run.
-No torch, no Prefect, no GPU. Of the engine it imports only ``plan/problems.py`` (standard library
-only), so ``schema.py`` and ``records/results.py`` can import it without a cycle.
+This module is the pure part: the search over a ``MemoryProbe`` (the hardware boundary:
+``tasks/trainers/memory_probe.py`` on CUDA, a small fake in tests), the accumulation arithmetic
+Ultralytics applies, and the text of its records. The settings a user writes under a phase
+(``BatchPlanSettings``) and their plan checks are ``plan/batch_settings.py``; the frozen records of
+every measurement, the fit and the choice (``BatchPlan``), which the phase result carries, are
+``records/batch_plan.py``. No torch, no Prefect, no GPU.
 
 The search, in short: measure the smallest allowed batch (if it does not fit, stop: a clear failure
 before training); then pick each next candidate from a straight line through measured points
@@ -23,105 +23,21 @@ never a prediction. Memory is assumed not to decrease with the batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Literal, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from flows.engine.plan.batch_settings import BatchPlanSettings, PlanFigure
+from flows.engine.records.batch_plan import (
+    Accumulation,
+    BatchPlan,
+    LinearFit,
+    ProbeMeasurement,
+    ProbeStep,
+    StepReason,
+)
 
-from flows.engine.plan.problems import Problem
-
-PlanFigure = Literal["nvml_peak", "torch_peak", "both"]
-"""Which peak the budget applies to; the same names as a gate's VRAM ``figure``."""
 ULTRALYTICS_NBS = 64
 """Ultralytics' default nominal batch size, used when a phase declares no effective batch."""
-MIB_LOOKING_GB = 2048
-MONITOR_FIGURES: dict[str, PlanFigure] = {"nvml_used_gb": "nvml_peak", "torch_reserved_gb": "torch_peak"}
-"""A per-epoch monitor's figure, in the planner's (and the gates') names."""
-MEMORY_ARGS = frozenset(
-    {"batch", "imgsz", "multi_scale", "amp", "compile", "freeze", "optimizer", "mosaic", "mixup", "cutmix"}
-)
-"""Ultralytics arguments that change a training's GPU memory: sizes and precision, the optimizer's state
-(AdamW keeps two buffers per weight, SGD one), and the augmentations that multiply boxes per image (the
-loss's assigner allocates per box and anchor)."""
-
-
-class Frozen(BaseModel):
-    """Immutable, strict: these records cross process boundaries and come from users."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class BatchPlanSettings(Frozen):
-    """What a user writes under a train node as ``batch_plan:`` to have its batch planned on the device.
-
-    The node's ``args.batch`` stays: it is the batch used where nothing can be measured (no GPU).
-    """
-
-    budget_gb: float = Field(gt=0, description="Peak VRAM the phase may use, in GB (GiB, as measured).")
-    margin_gb: float = Field(
-        default=1.0, ge=0, description="Kept free below the budget: the probe's few steps are not hours."
-    )
-    figure: PlanFigure = Field(
-        default="both",
-        description="Peak compared with the budget: NVML device memory, torch reserved, or the larger.",
-    )
-    min_batch: int = Field(
-        default=2, ge=1, le=1024, description="Smallest batch allowed (BatchNorm needs 2)."
-    )
-    max_batch: int = Field(default=64, ge=1, le=1024, description="Largest batch tried.")
-    max_probes: int = Field(default=8, ge=2, le=32, description="Measurements at most (one process each).")
-    iterations: int = Field(default=3, ge=2, le=100, description="Training steps per measurement.")
-    effective_tolerance: float = Field(
-        default=0.1,
-        ge=0,
-        le=1,
-        description="Largest relative change of the effective batch accepted for a larger batch "
-        "(0.1: batch 10 x 2 = 20 for a declared 18 is refused, batch 9 x 2 = 18 is taken).",
-    )
-    timeout_s: float = Field(default=600.0, gt=0, le=7200, description="Seconds one measurement may take.")
-
-    @field_validator("budget_gb", "margin_gb")
-    @classmethod
-    def _gigabytes(cls, value: float, info: object) -> float:
-        if value > MIB_LOOKING_GB:
-            name = getattr(info, "field_name", "budget_gb")
-            raise ValueError(f"{name} = {value:g} looks like MiB; VRAM is in GB (e.g. 18)")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BatchPlanSettings:
-        if self.margin_gb >= self.budget_gb:
-            raise ValueError(
-                f"margin_gb ({self.margin_gb:g}) must be below budget_gb ({self.budget_gb:g}): "
-                "the planner aims at budget_gb - margin_gb"
-            )
-        if self.min_batch > self.max_batch:
-            raise ValueError(f"min_batch ({self.min_batch}) is above max_batch ({self.max_batch})")
-        return self
-
-    @property
-    def target_gb(self) -> float:
-        """The peak a batch may reach: budget minus margin."""
-        return self.budget_gb - self.margin_gb
-
-
-class ProbeMeasurement(Frozen):
-    """One measurement at one batch: a few real training steps in a fresh process, or why not."""
-
-    batch: int = Field(ge=1)
-    status: Literal["ok", "oom", "error"]
-    torch_peak_gb: float | None = None
-    """``torch.cuda.max_memory_reserved`` of the probe process: Ultralytics' GPU_mem, at its peak."""
-    nvml_peak_gb: float | None = None
-    """Peak device-wide used memory from NVML while the probe ran (what the VRAM gates read)."""
-    nvml_before_gb: float | None = None
-    """Device memory in use before the probe process touched CUDA: other processes on the card."""
-    images_per_s: float | None = None
-    """Training-step throughput of the probe (data prepared beforehand); indicative only."""
-    seconds: float | None = None
-    gpu_name: str | None = None
-    total_gb: float | None = None
-    message: str = ""
 
 
 class MemoryProbe(Protocol):
@@ -136,92 +52,7 @@ class MemoryProbe(Protocol):
         ...
 
 
-StepReason = Literal["first", "ladder", "fit", "bisect"]
-"""Why a batch was measured: the smallest allowed, doubling, a line's prediction, or bisection."""
 FIRST: StepReason = "first"
-
-
-class ProbeStep(Frozen):
-    """A measurement as the search used it."""
-
-    batch: int
-    why: StepReason
-    measurement: ProbeMeasurement
-    peak_gb: float | None
-    """The figure compared with the target (None: out of memory, nothing to read)."""
-    fits: bool
-
-
-class LinearFit(Frozen):
-    """A straight line of peak memory over batch size through measured points."""
-
-    slope_gb: float
-    """GB per image of batch."""
-    intercept_gb: float
-    batches: tuple[int, ...]
-    """The measured batches the line goes through."""
-    predicted_batch: int | None
-    """Largest batch the line puts at or under the target; None when the line does not rise."""
-
-    def at(self, batch: int) -> float:
-        """Predicted peak at ``batch``."""
-        return self.intercept_gb + self.slope_gb * batch
-
-
-class Accumulation(Frozen):
-    """What Ultralytics makes of a batch and ``nbs``: ``accumulate = max(round(nbs / batch), 1)``."""
-
-    batch: int
-    declared_effective_batch: int | None
-    """The phase's ``effective_batch`` (None: none declared, Ultralytics' nbs 64 applies)."""
-    nbs: int
-    accumulate: int
-    effective_batch: int
-    exact: bool
-    weight_decay_scale: float
-    """Ultralytics scales weight decay by ``batch * accumulate / nbs``."""
-    note: str = ""
-
-
-class BatchPlan(Frozen):
-    """The planner's record for one phase: every measurement, the fit, the choice, or why there was none."""
-
-    status: Literal["planned", "fallback", "failed"]
-    reason: str = ""
-    """Fallback: why the fixed batch is used; failed: why the phase must not start; planned: empty."""
-    where: str = ""
-    """Key path of the settings in the plan (``nodes.phase1.batch_plan``), for messages."""
-    settings: BatchPlanSettings
-    fixed_batch: int
-    """The phase's own ``args.batch``: used when nothing could be measured."""
-    batch: int | None = None
-    """The batch to train with; None when the plan failed."""
-    largest_fitting: int | None = None
-    """Largest measured batch whose peak stayed at or under the target."""
-    smallest_over: int | None = None
-    """Smallest measured batch over the target or out of memory (None: none was)."""
-    accumulation: Accumulation | None = None
-    chosen_peak_gb: float | None = None
-    """Measured peak at the chosen batch, or at the largest fitting one when the choice is smaller."""
-    steps: tuple[ProbeStep, ...] = ()
-    fit: LinearFit | None = None
-    gpu_name: str | None = None
-    total_gb: float | None = None
-    notes: tuple[str, ...] = ()
-
-    @property
-    def target_gb(self) -> float:
-        """Budget minus margin."""
-        return self.settings.target_gb
-
-    @property
-    def failed(self) -> bool:
-        """True when the phase must not train (its smallest batch does not fit the budget)."""
-        return self.status == "failed"
-
-    def train_args(self) -> dict[str, int]:
-        """The Ultralytics arguments this plan sets (``batch``); ``nbs`` stays the phase's effective batch."""
-        return {} if self.batch is None else {"batch": self.batch}
 
 
 class PlanningFailed(Exception):
@@ -538,118 +369,6 @@ def chosen(start: BatchPlan, search: Search, effective_batch: int | None) -> Bat
         "notes": tuple(notes),
     }
     return amend(start, **update, **context(search))
-
-
-# ---------------------------------------------------------------- plan validation helpers
-
-
-class VramBound(Frozen):
-    """A VRAM bound elsewhere in the plan that reads the same phase: a monitor or a gate's condition."""
-
-    where: str
-    """Key path, e.g. ``nodes.phase1.monitors[0]`` or ``nodes.gate2.conditions[2]``."""
-    figure: PlanFigure
-    """In the planner's names; a monitor's ``nvml_used_gb`` is ``nvml_peak`` (see ``MONITOR_FIGURES``)."""
-    max_gb: float
-
-
-def covers(planned: PlanFigure, read: PlanFigure) -> bool:
-    """True when a budget on ``planned`` also bounds what a check on ``read`` sees."""
-    return planned in ("both", read)
-
-
-def budget_mismatches(
-    settings: BatchPlanSettings, bounds: Iterable[VramBound], where: str
-) -> list[tuple[str, str]]:
-    """(key path, message) for each VRAM monitor or gate that does not read the planner's budget.
-
-    The planner picks the batch against ``budget_gb`` on ``figure``; a monitor or gate of the same
-    phase that reads another number or another figure would judge a batch by a rule it was not
-    chosen for (a gate below the budget fails a batch the planner called safe).
-    """
-    problems = []
-    for bound in bounds:
-        if not math.isclose(bound.max_gb, settings.budget_gb, rel_tol=0, abs_tol=1e-9):
-            problems.append(
-                (
-                    bound.where,
-                    f"VRAM bound {bound.max_gb:g} GB differs from {where}.budget_gb {settings.budget_gb:g} "
-                    "GB, the budget the batch is planned for; use one number for both",
-                )
-            )
-        if not covers(settings.figure, bound.figure):
-            problems.append(
-                (
-                    bound.where,
-                    f"reads {bound.figure} but {where}.figure is {settings.figure}: the planner does not "
-                    f"measure what this check reads; set {where}.figure to {bound.figure} or both",
-                )
-            )
-    return problems
-
-
-def plan_problems(
-    settings: BatchPlanSettings,
-    *,
-    source: str,
-    where: str,
-    fixed_batch: object,
-    effective_batch: int | None,
-    space: tuple[str, Iterable[str]] | None = None,
-    forced: tuple[str, Iterable[str]] | None = None,
-) -> list[Problem]:
-    """Every reason a planned phase cannot run as written, found before anything runs.
-
-    ``where`` is the settings' key path (``nodes.phase1.batch_plan``); ``fixed_batch`` the node's
-    merged ``args.batch``; ``space`` a search's (key path, space keys) when a search tunes from this
-    node; ``forced`` the profile's (key path, forced keys).
-    """
-    node = where.rsplit(".", 1)[0]
-    problems: list[Problem] = []
-    if effective_batch is None:
-        problems.append(
-            Problem(
-                source, f"{node}.effective_batch", f"{where} needs the effective batch the batch must keep"
-            )
-        )
-    elif settings.min_batch > effective_batch:
-        problems.append(
-            Problem(
-                source,
-                f"{where}.min_batch",
-                f"{settings.min_batch} is above effective_batch {effective_batch}; lower min_batch",
-            )
-        )
-    if isinstance(fixed_batch, bool) or not isinstance(fixed_batch, int) or fixed_batch < 1:
-        problems.append(
-            Problem(
-                source,
-                f"{node}.args.batch",
-                f"a planned phase still needs a fixed batch ≥ 1 (used without a GPU), got {fixed_batch!r}; "
-                "AutoBatch (-1 or a fraction) and batch_plan exclude each other",
-            )
-        )
-    if space is not None:
-        space_where, keys = space
-        for key in sorted(set(keys) & MEMORY_ARGS):
-            problems.append(
-                Problem(
-                    source,
-                    f"{space_where}.{key}",
-                    f"changes each trial's memory, but {where} plans one batch for all trials; "
-                    f"remove {key} from the space or batch_plan from the base",
-                )
-            )
-    if forced is not None and "batch" in set(forced[1]):
-        problems.append(
-            Problem(
-                source,
-                f"{forced[0]}.batch",
-                f"the profile forces the batch, so {where} is skipped for this profile",
-                severity="warning",
-            )
-        )
-    return problems
 
 
 # ---------------------------------------------------------------- rendering

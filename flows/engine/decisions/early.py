@@ -28,7 +28,6 @@ import numpy as np
 from pydantic import Field
 
 from flows.engine.base import Frozen
-from flows.engine.decisions.gates import fmt
 from flows.engine.decisions.monitors import StopTraining
 from flows.engine.plan.schema import (
     EarlyDecisions,
@@ -43,7 +42,6 @@ from flows.engine.plan.schema import (
     VramCheck,
 )
 from flows.engine.records.results import (
-    ConditionRow,
     EarlyCheck,
     EarlyDecision,
     EarlyRule,
@@ -385,26 +383,6 @@ def record_decision(
         seconds_saved=seconds,
         gpu_hours_saved=hours,
         reason=reason,
-    )
-
-
-def decision_row(decision: EarlyDecision) -> ConditionRow:
-    """The gate-table line that says the phase was stopped early and why (the gate fails with it)."""
-    if decision.check == "vram":
-        observed, threshold = f"{decision.observed:.2f} GB so far", f"≤ {decision.threshold:g}"
-    elif decision.check == "speedup":
-        observed, threshold = f"{decision.observed:+.1%} so far", f"≥ {decision.threshold:+.0%}"
-    else:
-        risk = "" if decision.risk is None else f" at {decision.risk:.0%} risk"
-        observed = f"at most {fmt(decision.bound)}{risk} (best {fmt(decision.observed)})"
-        threshold = f"≥ {decision.threshold:.4f}"
-    return ConditionRow(
-        condition=f"early decision: {decision.condition}",
-        observed=observed,
-        threshold=threshold,
-        verdict="fail",
-        passed=False,
-        note=decision.reason,
     )
 
 

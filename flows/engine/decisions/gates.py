@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flows.engine.metrics.bootstrap import Interval
 from flows.engine.plan.schema import Condition, FlagCheck, GateNode, MetricCheck, SpeedupCheck, VramCheck
-from flows.engine.records.results import ConditionRow, GateResult, PhaseResult, Verdict
+from flows.engine.records.evaluation import Interval
+from flows.engine.records.results import ConditionRow, EarlyDecision, GateResult, PhaseResult, Verdict
 
 
 def fmt(value: float | None, pattern: str = "{:.4f}") -> str:
@@ -171,8 +171,6 @@ def evaluate_gate(
         )
     decided = subject.early_decision
     if decided is not None and decided.gate == name:
-        from flows.engine.decisions.early import decision_row
-
         rows.append(decision_row(decided))
     ok = all(r.passed for r in rows)
     return GateResult(
@@ -181,6 +179,26 @@ def evaluate_gate(
         rows=tuple(rows),
         outcome="pass" if ok else "fail",
         next=gate.on_pass if ok else gate.on_fail,
+    )
+
+
+def decision_row(decision: EarlyDecision) -> ConditionRow:
+    """The gate-table line that says the phase was stopped early and why (the gate fails with it)."""
+    if decision.check == "vram":
+        observed, threshold = f"{decision.observed:.2f} GB so far", f"≤ {decision.threshold:g}"
+    elif decision.check == "speedup":
+        observed, threshold = f"{decision.observed:+.1%} so far", f"≥ {decision.threshold:+.0%}"
+    else:
+        risk = "" if decision.risk is None else f" at {decision.risk:.0%} risk"
+        observed = f"at most {fmt(decision.bound)}{risk} (best {fmt(decision.observed)})"
+        threshold = f"≥ {decision.threshold:.4f}"
+    return ConditionRow(
+        condition=f"early decision: {decision.condition}",
+        observed=observed,
+        threshold=threshold,
+        verdict="fail",
+        passed=False,
+        note=decision.reason,
     )
 
 

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from flows.engine.base import Frozen
+from flows.engine.plan.schema import SearchNode
 from flows.engine.plan.search_settings import (
     ENV_REF,
     LEVEL_SUFFIX,
@@ -56,7 +57,6 @@ from flows.engine.plan.search_settings import (
     NoPruner,
     PrunerSettings,
     SamplerSettings,
-    SearchLike,
     StudySettings,
     is_numeric,
 )
@@ -193,7 +193,7 @@ def storage_ref(settings: StudySettings, search_dir: Path) -> str:
     return settings.storage
 
 
-def study_config(node: SearchLike, *, node_name: str, run_id: str, search_dir: Path) -> StudyConfig:
+def study_config(node: SearchNode, *, node_name: str, run_id: str, search_dir: Path) -> StudyConfig:
     """The study of a plan's search node in a run (``search_dir``: ``<run>/phases/<node>``)."""
     d = node.design
     return StudyConfig(

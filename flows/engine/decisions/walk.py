@@ -17,6 +17,7 @@ from flows.engine.decisions.early import judging_gate, reference_speeds
 from flows.engine.decisions.gates import evaluate_gate
 from flows.engine.plan.sampling import describe_design, sample_trials
 from flows.engine.plan.schema import GateNode, SearchNode, TrainNode
+from flows.engine.plan.search_settings import TrialWorkers
 from flows.engine.records.results import EarlyRule, GateResult, PhaseResult, RunRef, TrainSpec, TrialRecord
 
 
@@ -25,6 +26,16 @@ class Executor(Protocol):
 
     def train(self, spec: TrainSpec) -> PhaseResult:
         """Run one training (a phase, a trial or a search's full run)."""
+        ...
+
+    def train_each(
+        self,
+        next_spec: Callable[[], TrainSpec | None],
+        on_done: Callable[[TrainSpec, PhaseResult], None],
+        workers: TrialWorkers | None,
+    ) -> None:
+        """Train what ``next_spec`` hands out until it hands out None, telling ``on_done`` of each: a
+        search's trials, side by side on ``workers`` where the executor can (else ``train_in_turn``)."""
         ...
 
     def gate(self, result: GateResult) -> None:
@@ -171,7 +182,8 @@ def best_note(name: str, metric: str, best: PhaseResult, point: dict, *, tied: i
 
 def design_line(name: str, node: SearchNode) -> str:
     """How the search chooses its trials, for the report's notes."""
-    from flows.engine.plan.search_settings import SAMPLER_METHODS, describe_sampler_design
+    from flows.engine.plan.search_rules import describe_sampler_design
+    from flows.engine.plan.search_settings import SAMPLER_METHODS
 
     d = node.design
     if d.method in SAMPLER_METHODS:
@@ -188,8 +200,8 @@ def run_trials(
     ex: Executor, study: Any, make_spec: Callable[[Any], TrainSpec], node: SearchNode
 ) -> dict[int, PhaseResult]:
     """Train the trials the study hands out: one after another, or side by side when the search has
-    workers and the executor can dispatch (``train_each``). Each finished trial is journalled (by the
-    executor) before the study is told, so a re-run finds it either way."""
+    workers and the executor can dispatch them (``train_each``). Each finished trial is journalled (by
+    its training step) before the study is told, so a re-run finds it either way."""
     results: dict[int, PhaseResult] = {}
     in_flight: set[int] = set()
 
@@ -206,13 +218,16 @@ def run_trials(
         results[number] = result
         study.finish_result(number, result)
 
-    train_each = getattr(ex, "train_each", None)
-    if node.workers is not None and train_each is not None:
-        train_each(next_spec, finished, node.workers)
-    else:
-        while (spec := next_spec()) is not None:
-            finished(spec, ex.train(spec))
+    ex.train_each(next_spec, finished, node.workers)
     return results
+
+
+def train_in_turn(
+    ex: Executor, next_spec: Callable[[], TrainSpec | None], on_done: Callable[[TrainSpec, PhaseResult], None]
+) -> None:
+    """One training after another: ``train_each`` of an executor with nowhere else to train."""
+    while (spec := next_spec()) is not None:
+        on_done(spec, ex.train(spec))
 
 
 def run_search(

@@ -23,9 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import ConfigDict, Field
 
-from flows.engine.base import Frozen
 from flows.engine.metrics.ap import (
     AP_X,
     CONF_X,
@@ -36,51 +34,7 @@ from flows.engine.metrics.ap import (
     pick_max_f1,
     summarize,
 )
-
-GATED = ("precision", "recall", "map50", "map50_95")
-"""The overall figures a gate reads (Ultralytics'), in ``Summary`` order."""
-
-
-class Record(Frozen):
-    """Base of records that cross process boundaries: strict, immutable, finite numbers only."""
-
-    model_config = ConfigDict(allow_inf_nan=False)
-
-
-class Interval(Record):
-    """A two-sided percentile bootstrap interval ``[low, high]`` at ``level``."""
-
-    low: float
-    high: float
-    level: float = Field(gt=0, lt=1)
-
-    @property
-    def width(self) -> float:
-        """``high - low``."""
-        return self.high - self.low
-
-    def holds(self, value: float) -> bool:
-        """True when ``value`` lies inside the interval (bounds included)."""
-        return self.low <= value <= self.high
-
-
-class MetricIntervals(Record):
-    """Intervals of Ultralytics' four overall figures, and how they were computed."""
-
-    precision: Interval | None = None
-    recall: Interval | None = None
-    map50: Interval | None = None
-    map50_95: Interval | None = None
-    level: float
-    resamples: int
-    seed: int
-    images: int
-    seconds: float = Field(ge=0)
-    """Wall time of the bootstrap itself."""
-
-    def get(self, metric: str) -> Interval | None:
-        """The interval of ``metric`` (``precision`` … ``map50_95``), None when unknown."""
-        return getattr(self, metric, None) if metric in GATED else None
+from flows.engine.records.evaluation import GATED, Interval, MetricIntervals
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flows.engine.fsutil import atomic_write_bytes
-from flows.engine.metrics.bootstrap import Interval
-from flows.engine.metrics.evaluation import Evaluation
-from flows.engine.metrics.sizes import BucketMetrics, SizeReport
+from flows.engine.records.evaluation import BucketMetrics, Evaluation, Interval, SizeReport
 
 NO_OBJECTS = "n/a (no objects)"
 """A bucket or class with no validation object has no figure: it reads so, never as a dash or None."""

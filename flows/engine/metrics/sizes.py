@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
 
-from flows.engine.metrics.bootstrap import Interval, Record, percentile_interval, resample_counts
-from flows.engine.metrics.buckets import ALL, EvaluationSettings, Measure, SizeBucket, resolve_class
+from flows.engine.metrics.bootstrap import percentile_interval, resample_counts
 from flows.engine.metrics.coco_resample import CocoResampler, ImageInput, cell_figures
+from flows.engine.plan.buckets import EvaluationSettings, Measure, SizeBucket
+from flows.engine.records.evaluation import BucketMetrics, ClassMetrics, SizeReport
 
 ALL_AREA = (0.0, 1e5**2)
 """COCO's ``all`` area range (faster-coco-eval puts it first, whatever ranges are given)."""
@@ -49,90 +49,6 @@ REPRODUCE_TOLERANCE = 1e-9
 EXIF_ORIENTATION = 0x0112
 TRANSPOSED = {5, 6, 7, 8}
 """EXIF orientations that swap width and height (cv2, which Ultralytics reads images with, applies them)."""
-
-
-class BucketMetrics(Record):
-    """COCO figures of one size bucket (``all``: every size), over all classes or for one class."""
-
-    bucket: str
-    label: str
-    objects: int = Field(ge=0)
-    """Ground-truth objects in the bucket."""
-    map50_95: float | None = None
-    map50: float | None = None
-    recall: float | None = None
-    map50_95_ci: Interval | None = None
-    map50_ci: Interval | None = None
-    recall_ci: Interval | None = None
-
-    def get(self, metric: str) -> float | None:
-        """The figure ``map50_95``, ``map50`` or ``recall``; None when unknown."""
-        return getattr(self, metric) if metric in ("map50_95", "map50", "recall") else None
-
-    def interval(self, metric: str) -> Interval | None:
-        """The interval of that figure, None when it was not computed."""
-        return getattr(self, f"{metric}_ci") if metric in ("map50_95", "map50", "recall") else None
-
-
-class ClassMetrics(Record):
-    """One class: its figures over all sizes (``sizes[0]``, bucket ``all``) and per bucket."""
-
-    class_id: int
-    name: str
-    objects: int = Field(ge=0)
-    sizes: tuple[BucketMetrics, ...]
-
-    def bucket(self, name: str) -> BucketMetrics | None:
-        """Figures of bucket ``name`` (or ``all``) for this class."""
-        return next((b for b in self.sizes if b.bucket == name), None)
-
-
-class SizeReport(Record):
-    """Accuracy by object size and class of one validation, from faster-coco-eval."""
-
-    evaluator: str
-    measure: Measure
-    max_det: int
-    images: int
-    buckets: tuple[SizeBucket, ...]
-    sizes: tuple[BucketMetrics, ...]
-    """All classes: ``all`` first, then the plan's buckets in plan order."""
-    classes: tuple[ClassMetrics, ...] = ()
-    reproduced: bool = False
-    """True when the resampling code gave the evaluator's figures on the observed set (intervals are
-    only reported then)."""
-    level: float | None = None
-    resamples: int | None = None
-    seed: int | None = None
-    coco_seconds: float = 0.0
-    bootstrap_seconds: float = 0.0
-    note: str = ""
-
-    def bucket(self, name: str) -> BucketMetrics | None:
-        """All-class figures of bucket ``name`` (or ``all``)."""
-        return next((b for b in self.sizes if b.bucket == name), None)
-
-    def of_class(self, class_id: int) -> ClassMetrics | None:
-        """Figures of one class."""
-        return next((c for c in self.classes if c.class_id == class_id), None)
-
-    def class_id(self, ref: str | int) -> int | None:
-        """The id of the class a gate names by name or id; None when the report has no such class."""
-        return resolve_class(ref, {c.class_id: c.name for c in self.classes})
-
-    def figure(
-        self, metric: str, bucket: str | None = None, class_id: int | None = None
-    ) -> tuple[float | None, Interval | None]:
-        """(value, interval) of ``metric`` for a bucket (None: all sizes) and class (None: all classes)."""
-        name = bucket or ALL
-        if class_id is None:
-            cell = self.bucket(name)
-        else:
-            cls = self.of_class(class_id)
-            cell = cls.bucket(name) if cls is not None else None
-        if cell is None:
-            return None, None
-        return cell.get(metric), cell.interval(metric)
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def planned_epochs(plan: Plan, name: str, force: dict[str, Any] | None = None) -
         epochs = int(node_args(plan, name, force).get("epochs", DEFAULT_EPOCHS))
         return epochs, epochs
     if isinstance(node, SearchNode):
-        from flows.engine.plan.search_settings import planned_search_epochs
+        from flows.engine.plan.search_rules import planned_search_epochs
 
         trials = node.design.n_trials or node.design.max_trials
         full = int(trial_args(plan, name, {}, force, full=True).get("epochs", DEFAULT_EPOCHS))

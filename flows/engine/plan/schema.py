@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from flows.engine.base import Strict, check_inside, check_path_text, parse_fraction
-from flows.engine.decisions.batch_planner import BatchPlanSettings
-from flows.engine.metrics.buckets import EvaluationSettings
+from flows.engine.plan.batch_settings import BatchPlanSettings
+from flows.engine.plan.buckets import EvaluationSettings
 from flows.engine.plan.search_settings import (
     FullRun,
     NoPruner,

@@ -1,13 +1,14 @@
 """The plan as a graph: edges, reachability, cycles, paths and planned epochs.
 
-Pure functions over a validated ``Plan``; used by validation, the dry run, the walk
-and the report's diagram.
+Pure functions over a validated ``Plan``, and the tree as a picture needs it (``TreeView``); used by
+validation, the dry run, the walk and the report's diagram.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from flows.engine.base import Frozen
 from flows.engine.plan.schema import (
     TERMINAL_KINDS,
     DeployNode,
@@ -17,7 +18,23 @@ from flows.engine.plan.schema import (
     SearchNode,
     TrainNode,
 )
-from flows.engine.records.results import TreeEdge, TreeView
+
+
+class TreeEdge(Frozen):
+    """An edge of the plan's tree, for drawing it."""
+
+    source: str
+    target: str
+    label: str = ""
+
+
+class TreeView(Frozen):
+    """The tree as a picture needs it: node kinds, labels and edges."""
+
+    start: str
+    kinds: dict[str, str]
+    labels: dict[str, str]
+    edges: tuple[TreeEdge, ...]
 
 
 def edges_of(plan: Plan) -> list[TreeEdge]:

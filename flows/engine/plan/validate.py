@@ -169,7 +169,8 @@ def check_designs(plan: Plan, source: str) -> list[Problem]:
     and its study settings must fit together (prefix trials to continue, pruner rungs before trial_epochs)."""
     from flows.engine.plan.resolve import trial_args
     from flows.engine.plan.sampling import SamplingError, sample_trials
-    from flows.engine.plan.search_settings import SAMPLER_METHODS, search_problems, trial_count
+    from flows.engine.plan.search_rules import search_problems, trial_count
+    from flows.engine.plan.search_settings import SAMPLER_METHODS
 
     problems = []
     for name, node in plan.nodes.items():

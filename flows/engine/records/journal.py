@@ -15,14 +15,12 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from flows.engine.errors import TrainingError
-from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_write_text
 from flows.engine.records.results import Frozen, GateResult, PhaseResult, TrainSpec
 
@@ -102,16 +100,21 @@ class Journal:
         """Cut a line torn by a kill mid-append, so that new entries never follow garbage."""
         if not self.path.is_file():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.path, "r+b") as handle:
+        with open(self.path, "r+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
                 handle.truncate(data.rfind(b"\n") + 1)
                 os.fsync(handle.fileno())
 
     def append(self, entry: JournalEntry) -> None:
-        """Write one entry durably before the caller moves on."""
+        """Write one entry durably before the caller moves on.
+
+        Locked while it writes: a search's trials are recorded by the workers that train them, side by
+        side with the flow's own entries."""
         line = entry.model_dump_json() + "\n"
         with open(self.path, "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
@@ -218,127 +221,3 @@ def locked(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
-
-
-def set_aside(path: Path) -> Path:
-    """Rename ``path`` to the first free ``<stem>.damaged-N<suffix>`` beside it (nothing is deleted)."""
-    n = 1
-    while (target := path.with_name(f"{path.stem}.damaged-{n}{path.suffix}")).exists():
-        n += 1
-    os.replace(path, target)
-    return target
-
-
-def resume_point(
-    spec: TrainSpec, checkpoint_problem: Callable[[Path], str | None], log: Callable[[str], None]
-) -> TrainSpec:
-    """The spec resumed from its own interrupted last.pt when there is a whole one, else as it is.
-
-    A torn last.pt (Ultralytics writes it in one non-atomic write) is set aside, never deleted, and the
-    training starts over. Called before a training is dispatched, and again where it runs (a trial
-    re-queued from a lost worker continues from the checkpoint that worker left).
-    """
-    if spec.resume_from is not None:
-        return spec
-    last = spec.run_dir / "weights" / "last.pt"
-    if not last.is_file():
-        return spec
-    if problem := checkpoint_problem(last):
-        aside = set_aside(last)
-        log(f"{spec.key}: cannot resume ({problem}); kept it as {aside.name} and training from the start")
-        return spec
-    log(f"{spec.key}: resuming the interrupted training from {last}")
-    return spec.model_copy(update={"resume_from": last})
-
-
-class JournalingExecutor:
-    """Wraps an executor: finished steps come from the journal, new ones are recorded after they finish.
-
-    An interrupted training (no journal entry, but its own last.pt on disk) resumes from that
-    checkpoint instead of starting over, so no finished epoch is trained twice. ``checkpoint_problem``
-    says why a last.pt cannot be resumed from (Ultralytics writes it in one non-atomic write, so a
-    kill during that write leaves a truncated file); such a file is set aside, never deleted, and
-    the training starts over.
-    """
-
-    def __init__(
-        self,
-        inner: Any,
-        journal: Journal,
-        log: Any = print,
-        checkpoint_problem: Callable[[Path], str | None] = lambda _: None,
-    ):
-        self.inner = inner
-        self.journal = journal
-        self.done = journal.finished()
-        self.log = log
-        self.checkpoint_problem = checkpoint_problem
-
-    def train(self, spec: TrainSpec) -> PhaseResult:
-        """Return the recorded result, or train (resuming from last.pt when there is one) and record it."""
-        found = self.finished_result(spec)
-        if found is not None:
-            return found
-        try:
-            result = self.inner.train(resume_point(spec, self.checkpoint_problem, self.log))
-        except TrainingError as exc:
-            self.journal.record_error(spec.key, str(exc))
-            raise
-        self.record(spec, result)
-        return result
-
-    def train_each(
-        self,
-        next_spec: Callable[[], TrainSpec | None],
-        on_done: Callable[[TrainSpec, PhaseResult], None],
-        workers: Any,
-    ) -> None:
-        """Trainings side by side (a search's trials on ``workers``): journalled ones answer at once, the
-        others are dispatched by the inner executor and recorded as each finishes."""
-
-        def next_to_train() -> TrainSpec | None:
-            while (spec := next_spec()) is not None:
-                found = self.finished_result(spec)
-                if found is None:
-                    return resume_point(spec, self.checkpoint_problem, self.log)
-                on_done(spec, found)
-            return None
-
-        def finished(spec: TrainSpec, result: PhaseResult) -> None:
-            self.record(spec, result)
-            on_done(spec, result)
-
-        try:
-            self.inner.train_each(next_to_train, finished, workers)
-        except TrainingError as exc:
-            self.journal.record_error(exc.run, str(exc))
-            raise
-
-    def finished_result(self, spec: TrainSpec) -> PhaseResult | None:
-        """The result of a training this run already finished (journalled, or saved but not journalled)."""
-        entry = self.done.get(spec.key)
-        if entry is not None and entry.result is not None:
-            self.log(f"{spec.key}: already finished in this run; not trained again")
-            return entry.result
-        saved = spec.run_dir / "phase_result.json"
-        if saved.is_file():  # finished, but killed before its journal line
-            result = PhaseResult.model_validate_json(saved.read_text(encoding="utf-8"))
-            self.journal.record_train(spec, result)
-            return result
-        return None
-
-    def record(self, spec: TrainSpec, result: PhaseResult) -> None:
-        """Journal a finished training (the kill point sits between the training and its line)."""
-        kill_point(f"journal:{spec.key}")
-        self.journal.record_train(spec, result)
-
-    def gate(self, result: GateResult) -> None:
-        """Publish and record a gate."""
-        if f"gate:{result.node}" not in self.done:
-            self.inner.gate(result)
-            kill_point(f"journal:gate:{result.node}")
-            self.journal.record_gate(result)
-
-    def enter(self, node: str, index: int) -> None:
-        """Pass progress through."""
-        self.inner.enter(node, index)

@@ -26,15 +26,30 @@ from pydantic import (
     field_validator,
 )
 
-from flows.engine.metrics.evaluation import Evaluation, load_evaluation
+from flows.engine.plan.problems import Problem
+from flows.engine.records.evaluation import Evaluation, load_evaluation
 from flows.engine.records.results_csv import RecordError, read_results_csv
 
 UNION_TAGS = ("run", "search", "one", "list")
 """Names pydantic puts in an error's location for a union's branch; left out of messages."""
+UNKNOWN_KEY = "unknown key (check the spelling; docs/REPLAY.md lists an entry's keys)"
 
 
 class ReplaySpecError(ValueError):
-    """A replay SPEC that cannot be used; the message names the SPEC file, the key path and the problem."""
+    """A replay SPEC that cannot be used: one ``Problem`` per thing wrong (SPEC file, key path, problem).
+
+    The message is one line per problem, each naming the SPEC file once; the command line prints
+    ``problems`` like every other bad input's (and exits 2).
+    """
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(problem.line() for problem in self.problems))
+
+    @classmethod
+    def single(cls, source: object, where: str, message: str) -> ReplaySpecError:
+        """One problem of the SPEC file ``source`` at key path ``where`` (empty: the file as a whole)."""
+        return cls([Problem(str(source), where, message)])
 
 
 class RunEntry(BaseModel):
@@ -87,7 +102,7 @@ class RunEntry(BaseModel):
         base = (info.context or {}).get("base_dir", Path.cwd())
         path = (Path(base) / value).resolve()
         if not path.is_file():
-            raise ValueError(f"file not found: {path}")
+            raise ValueError(f"file not found: {path} (a csv is read relative to the SPEC file's folder)")
         try:
             records = read_results_csv(path)
         except RecordError as exc:
@@ -152,7 +167,9 @@ class ReplaySpec(BaseModel):
         """The recorded run for a node (a search's trial, or its full run when ``trial`` is None)."""
         entry = self.nodes.get(node, self.default)
         if entry is None:
-            raise ReplaySpecError(f"{self.source}: nodes.{node}: no entry for this node and no default")
+            raise ReplaySpecError.single(
+                self.source, f"nodes.{node}", "no entry for this node and no default"
+            )
         if isinstance(entry, RunEntry):
             return entry
         return entry.full if trial is None else entry.trial_entry(trial)
@@ -164,29 +181,31 @@ def load_replay_spec(path: Path) -> ReplaySpec:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ReplaySpecError(f"{path}: cannot read the replay SPEC ({exc})") from exc
+        raise ReplaySpecError.single(path, "", f"cannot read the replay SPEC ({exc})") from exc
     except UnicodeDecodeError as exc:
-        raise ReplaySpecError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+        raise ReplaySpecError.single(
+            path, "", f"not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from exc
     except yaml.YAMLError as exc:
-        raise ReplaySpecError(f"{path}: not valid YAML ({exc})") from exc
+        raise ReplaySpecError.single(path, "", f"not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
-        raise ReplaySpecError(f"{path}: a replay SPEC is a mapping with 'nodes' and/or 'default'")
+        raise ReplaySpecError.single(path, "", "a replay SPEC is a mapping with 'nodes' and/or 'default'")
     try:
         spec = ReplaySpec.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
-        raise ReplaySpecError(_describe(path, exc)) from exc
+        raise ReplaySpecError(problems_of(path, exc)) from exc
     if spec.default is None and not spec.nodes:
-        raise ReplaySpecError(f"{path}: no 'nodes' and no 'default': nothing to replay")
+        raise ReplaySpecError.single(path, "", "no 'nodes' and no 'default': nothing to replay")
     spec._source = path
     return spec
 
 
-def _describe(path: Path, exc: ValidationError) -> str:
-    """One line per problem: SPEC file, key path (without pydantic's union tags) and message."""
-    lines = []
+def problems_of(path: Path, exc: ValidationError) -> list[Problem]:
+    """One problem per pydantic error: the SPEC file, the key path (without pydantic's union tags) and
+    what is wrong."""
+    problems = []
     for error in exc.errors():
         keys = [str(part) for part in error["loc"] if part not in UNION_TAGS]
-        problem = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        problem = problem.removeprefix("Value error, ")
-        lines.append(f"{path}: {'.'.join(keys) or '<top>'}: {problem}")
-    return "\n".join(lines)
+        problem = UNKNOWN_KEY if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(Problem(str(path), ".".join(keys) or "<top>", problem.removeprefix("Value error, ")))
+    return problems

@@ -15,12 +15,13 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from flows.engine.base import Frozen
-from flows.engine.data.profile import DataProfile
-from flows.engine.decisions.batch_planner import BatchPlan, BatchPlanSettings
-from flows.engine.metrics.buckets import EvaluationSettings
-from flows.engine.metrics.evaluation import Evaluation
+from flows.engine.plan.batch_settings import BatchPlanSettings
+from flows.engine.plan.buckets import EvaluationSettings
 from flows.engine.plan.schema import EarlyPolicy, GateNode, Monitor
 from flows.engine.plan.search_settings import NoPruner, PrunerSettings
+from flows.engine.records.batch_plan import BatchPlan
+from flows.engine.records.evaluation import Evaluation
+from flows.engine.records.profile import DataProfile
 
 METRIC_NAMES = ("precision", "recall", "map50", "map50_95")
 """Validation metrics a gate may read; always of the final validation of best.pt."""
@@ -360,23 +361,6 @@ class GateResult(Frozen):
     rows: tuple[ConditionRow, ...]
     outcome: Literal["pass", "fail"]
     next: str
-
-
-class TreeEdge(Frozen):
-    """An edge of the plan's tree, for drawing it."""
-
-    source: str
-    target: str
-    label: str = ""
-
-
-class TreeView(Frozen):
-    """The tree as a picture needs it: node kinds, labels and edges."""
-
-    start: str
-    kinds: dict[str, str]
-    labels: dict[str, str]
-    edges: tuple[TreeEdge, ...]
 
 
 class Decision(Frozen):

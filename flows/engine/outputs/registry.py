@@ -12,8 +12,8 @@ from pathlib import Path
 from flows.engine.decisions.gates import shortfalls
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_copy, atomic_write_text, write_text_once
+from flows.engine.outputs.tables import batch_text, fmt4, gate_table, metric_reason, na, vram_text
 from flows.engine.records.results import GateResult, PhaseResult
-from flows.engine.records.tables import batch_text, fmt4, gate_table, metric_reason, na, vram_text
 
 MAX_VERSIONS = 100_000
 

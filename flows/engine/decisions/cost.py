@@ -117,7 +117,7 @@ def cheapest_epochs(plan: Plan, path: Sequence[str], node: str, force: dict[str,
     lost = fails_gate_on(plan, path, node)
     if isinstance(target, SearchNode):
         from flows.engine.plan.resolve import trial_args
-        from flows.engine.plan.search_settings import fewest_epochs
+        from flows.engine.plan.search_rules import fewest_epochs
 
         trials = target.design.n_trials or target.design.max_trials
         full = int(trial_args(plan, node, {}, force, full=True).get("epochs", 100))

@@ -13,8 +13,9 @@ from itertools import pairwise
 from pathlib import Path
 
 from flows.engine.fsutil import atomic_write_bytes
-from flows.engine.records.results import Decision, PhaseResult, TreeView, TrialRecord
-from flows.engine.records.tables import batch_text, fmt4, gate_table, metric_reason, na, vram_text
+from flows.engine.outputs.tables import batch_text, fmt4, gate_table, metric_reason, na, vram_text
+from flows.engine.plan.tree import TreeView
+from flows.engine.records.results import Decision, PhaseResult, TrialRecord
 
 SHAPES = {
     "train": ('["', '"]'),
