@@ -72,10 +72,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flows.engine.decisions.stoppers import Stoppers  # noqa: E402
 from flows.engine.decisions.study import SearchStudy, StudyConfig, TrialReporter  # noqa: E402
 from flows.engine.records.results import EpochRecord, TrainSpec  # noqa: E402
 from flows.engine.records.results_csv import best_epoch, read_results_csv  # noqa: E402
+from tasks.step import TrainingStep  # noqa: E402
 
 CURVES = REPO.parent / "shared" / "curves"
 CALIBRATION = ("1", "5", "9", "13", "17", "21", "25", "31", "35")
@@ -288,7 +288,7 @@ def run_replayed(search: Search, pruner: dict[str, Any], folder: Path) -> Outcom
             lines.append(f"      - csv: {csv.name}")
         lines += ["    full:", f"      csv: {folder / 'trial-0.csv'}"]
         spec_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    trainer = ReplayTrainer.from_file(spec_file)
+    step = TrainingStep(ReplayTrainer.from_file(spec_file))  # the engine's step: its stoppers decide
     run = folder / f"run-{pruner['kind']}"
     study = SearchStudy.open(study_config(search, pruner, f"sqlite:///{folder.resolve() / 'optuna.db'}"))
     while (ticket := study.next_trial()) is not None:
@@ -303,7 +303,7 @@ def run_replayed(search: Search, pruner: dict[str, Any], folder: Path) -> Outcom
             run_dir=run / f"trial-{ticket.number:02d}",
         )
         spec = spec.model_copy(update={"trial_hook": ticket.hook})
-        study.finish_result(ticket.number, trainer.train(spec, Stoppers(spec)))
+        study.finish_result(ticket.number, step.run(spec))
     return outcome_of(study)
 
 
