@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.results import EpochRecord
 from flows.engine.records.results_csv import read_results_csv
 
@@ -27,8 +28,6 @@ as held out for a rule chosen on the new calibration half."""
 MIN_ROWS = 25
 """Fewer epochs than this say nothing about how a schedule ends."""
 MIN_PLANNED = 20
-DEFAULT_CLOSE_MOSAIC = 10
-"""Ultralytics' default; YOLOv5 has no ``close_mosaic`` (mosaic throughout)."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ def close_mosaic_of(source: Source) -> int:
     try:
         return int(float(source.close_mosaic))
     except ValueError:
-        return DEFAULT_CLOSE_MOSAIC
+        return ultralytics_default("close_mosaic")
 
 
 def fingerprint(records: Sequence[EpochRecord]) -> tuple[float | None, ...]:

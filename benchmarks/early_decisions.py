@@ -117,12 +117,13 @@ def shared_curves(metric: str) -> list[Curve]:
     """The 18 curves of ../shared/curves (empty when absent), each its own group."""
     import yaml
 
+    from flows.engine.plan.ultra_defaults import ultralytics_default
     from flows.engine.records.results_csv import read_results_csv
 
     curves = []
     for csv in sorted(SHARED_CURVES.glob("*.csv"), key=lambda p: int(p.stem)):
         args = yaml.safe_load((SHARED_CURVES / f"{csv.stem}.args.yaml").read_text(encoding="utf-8")) or {}
-        close = int(args.get("close_mosaic", 10) or 0)
+        close = int(args.get("close_mosaic", ultralytics_default("close_mosaic")) or 0)
         curve = curve_of(
             f"shared-{csv.stem}", csv.stem, read_results_csv(csv), int(args["epochs"]), close, metric
         )
@@ -607,9 +608,13 @@ class EngineExecutor:
         """For a continued full run: the events of its own first epochs (those of the checkpoint it
         continues), replayed into a scratch folder and not counted; nothing for any other training."""
         from flows.engine.decisions.monitors import StopTraining
-        from tasks.trainers.replay import resumed_epochs
+        from tasks.trainers.replay import epochs_already_trained
 
-        done = resumed_epochs(spec) if spec.continue_from is not None and spec.early is not None else 0
+        done = (
+            epochs_already_trained(spec)
+            if spec.continue_checkpoint is not None and spec.early is not None
+            else 0
+        )
         if done <= 0:
             return []
         events: list[Any] = []
@@ -621,7 +626,7 @@ class EngineExecutor:
 
         scratch = Path(spec.run_dir).parent / f"{Path(spec.run_dir).name}-history"
         update = {
-            "continue_from": None,
+            "continue_checkpoint": None,
             "run_dir": scratch,
             "early": None,
             "trial_hook": None,

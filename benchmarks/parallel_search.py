@@ -76,7 +76,7 @@ def measure(decision: Any) -> dict[str, Any]:
     trials = decision.trials
     full = next(p for p in decision.phases if p.node == "phase3")
     start = min(t.started_at for t in trials)
-    notes = [n for n in decision.warnings if n.startswith("phase3: best trial") or "tie" in n]
+    notes = [n for n in decision.warnings_and_notes if n.startswith("phase3: best trial") or "tie" in n]
     return {
         "trials_wall_s": max(t.finished_at for t in trials) - start,
         "phase3_wall_s": full.finished_at - start,

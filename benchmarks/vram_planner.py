@@ -151,10 +151,11 @@ def autobatch_child(model: str, data: str, overrides: dict[str, Any], cap_gb: fl
     """In a fresh process: AutoBatch's choice (``batch=-1``) on a card that looks like ``cap_gb``."""
     os.environ["YOLO_OFFLINE"] = "1"
     try:
-        import torch
         from ultralytics.models.yolo.detect import DetectionTrainer
 
-        index = torch.device(overrides["device"]).index or 0
+        from flows.engine.plan.devices import parse_devices
+
+        index = parse_devices(overrides["device"]).index or 0
         emulate_card(cap_gb, index)
         trainer = DetectionTrainer(overrides={**overrides, "model": model, "data": data, "batch": -1})
         trainer._setup_train()  # AutoBatch runs here for batch < 1

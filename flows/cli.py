@@ -26,6 +26,7 @@ from flows.engine.plan.problems import EXIT_BAD_INPUT, PlanError
 from flows.engine.plan.resolve import planned_epochs
 from flows.engine.plan.schema import GateNode
 from flows.engine.plan.tree import paths, tree_view
+from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.results import Decision, PhaseResult
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def request_from(args: argparse.Namespace) -> OptimizeRequest:
 def earlier_run_speeds(cfg: RunConfig) -> dict[str, NodeSpeed]:
     """Seconds per epoch by node from the newest finished run of this plan in the runs folder, if any."""
     finished = sorted(
-        Path(cfg.request.runs_dir).glob(f"{cfg.plan.plan}-*/decision.json"),
+        Path(cfg.request.runs_dir).glob(f"{cfg.plan.name}-*/decision.json"),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
@@ -177,7 +178,7 @@ def describe_plan(
 ) -> str:
     """What --dry-run prints: tree, gate rules, planned epochs per branch."""
     plan = cfg.plan
-    lines = [f"plan {plan.plan} ({cfg.request.plan}), profile {cfg.request.profile}", ""]
+    lines = [f"plan {plan.name} ({cfg.request.plan}), profile {cfg.request.profile}", ""]
     lines += [*describe_dataset(cfg.dataset), "", "tree:"]
     lines.append(text_tree(tree_view(plan)))
     lines += ["", "path rules:"]
@@ -217,7 +218,7 @@ def batch_plan_text(cfg: RunConfig, probed: dict[str, Any] | None = None) -> lis
         if probed is not None and name in probed:
             lines += [f"  {name}: {line}" for line in render_batch_plan(probed[name])]
             continue
-        fixed = cfg.args_for(name).get("batch", 16)
+        fixed = cfg.args_for(name).get("batch", ultralytics_default("batch"))
         text = describe_settings(settings, fixed_batch=fixed, effective_batch=cfg.effective_batch_of(name))
         lines.append(f"  {name}: {text}")
     return ["", "batch plans:", *lines] if lines else []

@@ -1,14 +1,10 @@
-"""A small synthetic dataset of foreign-object debris (FOD) on airport runways.
+"""A small synthetic dataset of foreign-object debris (FOD) on airport runways, generated on the spot.
 
-The demo walks a whole decision tree of real YOLO trainings on a CPU in minutes, so it
-needs a dataset that is tiny, generated on the spot (nothing to download, nothing
-checked into the repo) and still *learnable*: each debris class has its own colour and
-shape, so even a tiny model's mAP rises within a few epochs and the gates have
-something to decide on.
-
-Images are drawn with numpy + Pillow only. Every image has its own random generator
-derived from ``(seed, split, index)``, so the same seed gives the same bytes. Boxes are
-measured from each object's own alpha mask, so they are tight by construction.
+``generate_demo_dataset(root, n_train=..., n_val=..., image_size=..., seed=...)`` writes the images, YOLO
+labels and ``data.yaml`` the demo trains on (nothing to download, nothing checked in) and returns the
+YAML's path. Each debris class has its own colour and shape, so even a tiny model learns within a few
+epochs; every image has its own generator from ``(seed, split, index)``, so a seed gives the same bytes;
+boxes are measured from each object's alpha mask. Drawn with numpy and Pillow only.
 """
 
 from __future__ import annotations
@@ -25,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from flows.engine.data.labels import image_size, label_path, read_labels
 from flows.engine.fsutil import atomic_write_text
 
 CLASS_NAMES: tuple[str, ...] = ("bolt", "stone", "wire", "washer")
@@ -395,14 +392,6 @@ def _split_dirs(data: dict[str, Any], base: Path, split: str) -> list[Path]:
     return [(base / str(e)).resolve() for e in entries]
 
 
-def _label_path(image: Path) -> Path:
-    """Ultralytics' rule: the last ``/images/`` in the path becomes ``/labels/``, suffix ``.txt``."""
-    parts = list(image.parts)
-    index = len(parts) - 1 - parts[::-1].index("images")
-    parts[index] = "labels"
-    return Path(*parts).with_suffix(".txt")
-
-
 def _list_images(folder: Path) -> list[Path]:
     """Image files under a folder (recursively), or the images listed in a .txt file."""
     if folder.is_file() and folder.suffix == ".txt":
@@ -414,16 +403,14 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 def _read_boxes(image: Path) -> list[tuple[int, float, float]]:
-    """(class, width px, height px) of every box of an image; an image without labels has none."""
-    label = _label_path(image) if "images" in image.parts else image.with_suffix(".txt")
-    if not label.is_file():
+    """(class, width px, height px) of every box of an image, read as Ultralytics reads it (the engine's
+    one reading, ``data.labels``); an image without labels has none."""
+    boxes = read_labels(label_path(image), nc=None).boxes
+    size = image_size(image) if len(boxes) else None
+    if size is None:
         return []
-    rows = [line.split() for line in label.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not rows:
-        return []
-    with Image.open(image) as img:
-        width, height = img.size  # reads the header only
-    return [(int(r[0]), float(r[3]) * width, float(r[4]) * height) for r in rows]
+    width, height = size
+    return [(int(cls), w * width, h * height) for cls, _, _, w, h in boxes.tolist()]
 
 
 def describe_dataset(data_yaml: Path) -> dict[str, Any]:

@@ -1,25 +1,12 @@
 """Starting weights the project makes itself: yolo11n-p2 trained on a large seeded synthetic FOD set.
 
-Why: nothing may be downloaded, and a YOLO trained from scratch learns nothing in the few iterations
-a demo can afford (yolo11n-p2 at 160 px stays at mAP50-95 0.000 after 30 epochs on the demo's 48
-images). This script trains the demo's model once, on a LARGER run of the same generator
-(``flows.demo_data``) with a different seed, so the demo's own validation images are never trained
-on, and commits the result beside its recipe:
-
-- ``fod_models/weights/demo-yolo11n-p2.pt``: the EMA weights in fp16, no optimizer (a few MB);
-- ``fod_models/weights/demo-yolo11n-p2.json``: the exact recipe (generator and Ultralytics
-  arguments), versions, the file's sha256, the transfer counts into the two demo models and the
-  validation figures on the script's own val split and on the demo's val set.
-
-Run ``python -m flows.demo_weights`` to build it (26 min of CPU: on a 2-core machine Ultralytics
-trains with one thread; 66 min wall on a shared one) and ``python -m flows.demo_weights --check`` to
-rebuild it in a temporary folder and compare with the committed record. The checkpoint's bytes are
-made deterministic: Ultralytics' ``date`` is fixed, and its git info, machine paths and wall-clock
-columns are left out, so the same recipe with the same software, CPU type and thread count
-(Ultralytics uses ``min(8, cores - 1)``) gives the same sha256. Elsewhere floating-point summation
-order may differ, and the figures are compared within ``FIGURE_TOLERANCE``.
-
-Nothing heavy is imported at module level: torch and Ultralytics are imported inside functions.
+``python -m flows.demo_weights`` trains the demo's model once, on a larger run of ``flows.demo_data``
+with another seed (the demo's validation images are never trained on), and writes
+``fod_models/weights/demo-yolo11n-p2.pt`` (EMA weights, fp16, no optimizer) with its record
+``demo-yolo11n-p2.json`` (recipe, versions, sha256, transfer counts, validation figures);
+``--check`` rebuilds it in a temporary folder and compares with the committed record. Why, what it
+costs and how its bytes are made reproducible: docs/MODELS.md. torch and Ultralytics are imported
+inside functions.
 """
 
 from __future__ import annotations
@@ -191,7 +178,7 @@ def generate(root: Path, args: GeneratorArgs) -> Path:
     return generate_demo_dataset(root, **args.model_dump())
 
 
-def train(recipe: Recipe, data_yaml: Path, work: Path) -> Path:
+def train_demo_model(recipe: Recipe, data_yaml: Path, work: Path) -> Path:
     """Train the recipe's model from scratch with Ultralytics; return the run folder."""
     from ultralytics import YOLO
 
@@ -376,7 +363,7 @@ def build(recipe: Recipe, out_dir: Path, work: Path) -> Record:
     data_yaml = generate(work / "data", recipe.data)
     demo_yaml = generate(work / "demo-data", recipe.demo_data)
     wall, cpu = time.time(), _cpu_seconds()
-    run_dir = train(recipe, data_yaml, work)
+    run_dir = train_demo_model(recipe, data_yaml, work)
     wall, cpu = time.time() - wall, _cpu_seconds() - cpu
     epochs_done, best = epochs_of(run_dir)
     checkpoint = atomic_write_bytes(

@@ -107,7 +107,7 @@ class PrefectExecutor:
 
     def gate(self, result: GateResult) -> None:
         """Publish the gate's table and record it (once: a resumed run's recorded gate is neither)."""
-        record_gate_once(self.step.journal, result, publish=lambda r: publish_gate(r, self.cfg.plan.plan))
+        record_gate_once(self.step.journal, result, publish=lambda r: publish_gate(r, self.cfg.plan.name))
 
     def enter(self, node: str, index: int) -> None:
         """Log where the walk is."""
@@ -184,7 +184,7 @@ def run_identity(cfg: RunConfig) -> RunIdentity:
     """What must match for a re-run to continue an unfinished run."""
     resolved = {"plan": cfg.plan.model_dump(mode="json"), "force": cfg.force}
     return RunIdentity(
-        plan=cfg.plan.plan,
+        plan=cfg.plan.name,
         plan_sha=plan_sha(resolved),
         profile=cfg.request.profile,
         data=str(cfg.data),
@@ -216,7 +216,7 @@ def open_run(cfg: RunConfig, identity: RunIdentity) -> tuple[Path, list[str]]:
 def new_run_dir(cfg: RunConfig, identity: RunIdentity) -> Path:
     """A fresh run folder (never reused) holding the run's identity."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = make_unique_dir(cfg.request.runs_dir, f"{cfg.plan.plan}-{stamp}")
+    run_dir = make_unique_dir(cfg.request.runs_dir, f"{cfg.plan.name}-{stamp}")
     write_identity(run_dir, identity)
     return run_dir
 

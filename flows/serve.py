@@ -1,13 +1,11 @@
 """Serve the flow's deployments from this process: ``python -m flows.serve``.
 
-For users without a work pool and worker: this process registers ``fod-optimize/on-demand``
-and ``fod-optimize/nightly`` with the Prefect server (``PREFECT_API_URL``) and runs their flow
-runs itself, as child processes, until stopped (Ctrl-C pauses the nightly schedule).
-
-Names, parameters, schedules and concurrency limits are read from the repository's
-``prefect.yaml``, so the served deployments and the work-pool deployments cannot drift apart.
-Relative paths in the parameters (``configs/fod_plan.yaml``, ``runs``) are read from the project
-checkout, as a worker's ``set_working_directory`` pull step does: this process changes into it.
+For users without a work pool and worker: registers ``fod-optimize/on-demand`` and
+``fod-optimize/nightly`` with the Prefect server (``PREFECT_API_URL``) and runs their flow runs as child
+processes until stopped (Ctrl-C pauses the nightly schedule). Names, parameters, schedules and
+concurrency limits come from the repository's ``prefect.yaml``, so served and work-pool deployments
+cannot drift apart; relative paths in the parameters are read from the project checkout, which this
+process changes into (as a worker's ``set_working_directory`` pull step does).
 """
 
 from __future__ import annotations

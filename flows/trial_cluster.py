@@ -1,17 +1,10 @@
 """The Dask cluster a search's trials run on, side by side: one worker per GPU, one trial per worker.
 
-Why Dask through ``prefect-dask`` (docs/operations.md compares it with Ray and with deployment runs on a
-work pool): each trial stays a Prefect task run (named by trial, logged, cached, journalled) and a
-training child process of its own; a worker that dies mid-trial has its task re-queued by the Dask
-scheduler onto another worker, where the trial continues from the ``last.pt`` it left (the train task
-resumes from a whole checkpoint it finds); and one worker per GPU needs nothing but each worker's
-``CUDA_VISIBLE_DEVICES``, which is what dask-cuda's cluster does too.
-
-Each worker runs one task at a time (one thread) and names its accelerator in ``FOD_SLOT`` (``gpu-N``,
-or ``cpu-N`` for CPU-only workers); the train task holds the Prefect global concurrency limit of that
-name while it trains, so no trial lands on a GPU that is already training, whoever started that
-training (another flow run, another machine). The slot is a lease: a worker that dies gives it back
-after ``lease_s``.
+Each worker runs one task at a time and names its accelerator in ``FOD_SLOT`` (``gpu-N``, or ``cpu-N``
+without GPUs); the train task holds the Prefect global concurrency limit of that name while it trains,
+as a lease that a dead worker gives back after ``lease_s``. A worker that dies mid-trial has its task
+re-queued onto another, which resumes the trial from its ``last.pt``. Set-up, and why Dask (against
+Ray and deployment runs on a work pool): docs/operations.md.
 """
 
 from __future__ import annotations

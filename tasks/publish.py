@@ -123,7 +123,7 @@ class WalkProgress:
     def describe(self) -> str:
         """One line for the artifact's description."""
         text = (
-            f"{self.plan.plan}: {self.nodes_done} of {self.nodes_planned} nodes, "
+            f"{self.plan.name}: {self.nodes_done} of {self.nodes_planned} nodes, "
             f"{self.epochs_done} of {self.epochs_planned} epochs done"
         )
         if self.trials["done"] or self.trials["running"]:
@@ -160,7 +160,7 @@ class ProgressArtifact:
 
     def __init__(self, progress: WalkProgress) -> None:
         self.progress = progress
-        self.key = artifact_key("progress", progress.plan.plan)
+        self.key = artifact_key("progress", progress.plan.name)
         self.id: UUID = create_progress_artifact(
             progress=progress.percent, key=self.key, description=progress.describe()
         )
@@ -197,7 +197,7 @@ def finish_terminal(cfg: RunConfig, run_dir: Path, state: WalkState) -> tuple[Pa
         registry = cfg.request.runs_dir / plan.registry
         phase = state.results[node.phase]
         target = deploy(
-            registry, run_dir.name, plan.plan, phase, state.gates, state.path, cfg.data_fingerprint
+            registry, run_dir.name, plan.name, phase, state.gates, state.path, cfg.data_fingerprint
         )
         logger.info(f"deployed {node.phase} → {target}")
         return target, node.phase
@@ -213,7 +213,7 @@ def build_decision(
     """Everything decision.json holds."""
     kind = cfg.plan.nodes[state.terminal].kind
     return Decision(
-        plan=cfg.plan.plan,
+        plan=cfg.plan.name,
         run_id=run_dir.name,
         profile=cfg.request.profile,
         terminal=state.terminal,
@@ -223,7 +223,7 @@ def build_decision(
         phases=tuple(state.results.values()),
         trials=tuple(state.trials),
         search_trials=tuple(state.search_trials),
-        warnings=(*cfg.warnings, *state.notes),
+        warnings_and_notes=(*cfg.warnings, *state.notes),
         deployed_model=deployed[0],
         deployed_from=deployed[1],
         baseline_name=cfg.plan.baseline.name,
@@ -267,9 +267,9 @@ def write_report(cfg: RunConfig, run_dir: Path, decision: Decision) -> Path:
     )
     report = write_text_once(run_dir / "REPORT.md", text)
     create_markdown_artifact(
-        key=artifact_key("report", cfg.plan.plan),
+        key=artifact_key("report", cfg.plan.name),
         markdown=text,
-        description=f"{cfg.plan.plan}: {decision.terminal}",
+        description=f"{cfg.plan.name}: {decision.terminal}",
     )
     kill_point("report")
     write_text_once(run_dir / "decision.json", decision.model_dump_json(indent=2))

@@ -1,13 +1,11 @@
 """One training step: everything that happens to one ``TrainSpec`` between "train this" and its record.
 
-``TrainingStep`` answers whether a training is done (the run journal, the one record of what is done),
-resumes an interrupted one from its ``last.pt`` or continues a search's best trial, plans the batch,
+``TrainingStep(trainer, journal)`` (a run's: ``TrainingStep.for_run(cfg, run_dir)``), called with a spec,
+returns the journalled result or trains it now: resumes it from its own ``last.pt``, plans the batch,
 applies the stoppers (trial pruner, monitors, early decision), retries once after a killed training
-process, turns an error into a ``failed`` outcome where the node says ``on_error: continue``, and
-records the result. The Prefect task (``tasks/train.py``), a search's Dask workers, the benchmarks and
-the tests all train through it; ``StepExecutor`` walks a tree with it and nothing else.
-
-Prefect-free: what Prefect adds (the task run, its logger, progress artifacts, GPU slots) is passed in.
+process, turns an error into a ``failed`` outcome under ``on_error: continue``, and records the result.
+The Prefect task (``tasks/train.py``), a search's Dask workers, the benchmarks and the tests all train
+through it. Prefect-free: what Prefect adds (task run, logger, progress, GPU slots) is passed in.
 """
 
 from __future__ import annotations
@@ -20,11 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flows.engine.decisions.stoppers import Stoppers
-from flows.engine.decisions.walk import train_in_turn
 from flows.engine.errors import ChildKilled, TrainingError
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_write_text
-from flows.engine.plan.search_settings import TrialWorkers
+from flows.engine.plan.devices import parse_devices
 from flows.engine.records.journal import Journal
 from flows.engine.records.results import EpochEvent, GateResult, PhaseResult, TrainSpec
 from tasks.slots import SLOT_ENV
@@ -65,7 +62,6 @@ def no_slots(_: TrainSpec) -> Iterator[list[str]]:
     yield []
 
 
-EpochObserver = Callable[[EpochEvent], None]
 BatchPlanner = Callable[[TrainSpec, Callable[[str], None]], "BatchPlan | None"]
 SlotHolder = Callable[[TrainSpec], contextlib.AbstractContextManager[list[str]]]
 
@@ -151,7 +147,7 @@ class TrainingStep:
         started = time.time()
         spec = on_worker_gpu(from_last_checkpoint(spec, self.checkpoint_problem, self.log))
         self.log(f"{spec.label}: {spec.epochs} epochs of {spec.model.name}, args {spec.args}")
-        events = EventLog(Path(spec.run_dir) / EVENTS_FILE, keep=spec.resume_from is not None)
+        events = EventLog(Path(spec.run_dir) / EVENTS_FILE, keep=spec.resume_checkpoint is not None)
         events.start_from(lambda: self.history(spec))
         stoppers = Stoppers(spec, events.read(), warn=self.warn, inform=self.log, rules=self.rules)
 
@@ -188,9 +184,13 @@ class TrainingStep:
             result = self.trainer.train(planned, on_epoch)
         except ChildKilled as exc:
             retry = from_last_checkpoint(
-                planned.model_copy(update={"resume_from": None}), self.checkpoint_problem, self.log
+                planned.model_copy(update={"resume_checkpoint": None}), self.checkpoint_problem, self.log
             )
-            start = f"from {retry.resume_from}" if retry.resume_from else "from the start (no usable last.pt)"
+            start = (
+                f"from {retry.resume_checkpoint}"
+                if retry.resume_checkpoint
+                else "from the start (no usable last.pt)"
+            )
             self.warn(f"{spec.label}: {exc.message}; retrying once, {start}")
             result = self.trainer.train(retry, on_epoch)
         return result if plan is None else result.model_copy(update={"batch_plan": plan})
@@ -221,47 +221,11 @@ class TrainingStep:
         write_result_copy(spec, result)
 
 
-def with_batch_plan(spec: TrainSpec, plan: BatchPlan | None) -> TrainSpec:
-    """The spec with the planned batch (accumulation follows from effective_batch, through nbs)."""
-    if plan is None:
-        return spec
-    return spec.model_copy(update={"args": {**spec.args, **plan.train_args()}})
-
-
 def write_result_copy(spec: TrainSpec, result: PhaseResult) -> None:
     """``phase_result.json`` beside the training's files, once (never overwritten)."""
     path = Path(spec.run_dir) / RESULT_FILE
     if not path.exists():
         atomic_write_text(path, result.model_dump_json(indent=2))
-
-
-class StepExecutor:
-    """The walk's executor over a ``TrainingStep`` alone: each training through the step, each gate into
-    the step's journal (once). ``observe`` sees every epoch of every training."""
-
-    def __init__(self, step: TrainingStep, observe: Callable[[EpochEvent], None] = observe_nothing) -> None:
-        self.step = step
-        self.observe = observe
-
-    def train(self, spec: TrainSpec) -> PhaseResult:
-        """The recorded result, or the training run now."""
-        return self.step(spec, self.observe)
-
-    def train_each(
-        self,
-        next_spec: Callable[[], TrainSpec | None],
-        on_done: Callable[[TrainSpec, PhaseResult], None],
-        workers: TrialWorkers | None,
-    ) -> None:
-        """A search's trials one after another (side by side is the flow's, on its Dask workers)."""
-        train_in_turn(self, next_spec, on_done)
-
-    def gate(self, result: GateResult) -> None:
-        """Record the gate (a re-run's gate that is already recorded is not recorded twice)."""
-        record_gate_once(self.step.journal, result)
-
-    def enter(self, node: str, index: int) -> None:
-        """Nothing to show."""
 
 
 def record_gate_once(
@@ -302,9 +266,10 @@ def checkpoint_check(cfg: RunConfig) -> Callable[[Path], str | None]:
 def on_worker_gpu(spec: TrainSpec) -> TrainSpec:
     """On a search's GPU worker the training's device is ``0``: the worker sees its one card (its
     ``CUDA_VISIBLE_DEVICES``) as device 0, whatever index the plan gave the run."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    device = str(spec.args.get("device", "0")).lower()
-    if not os.environ.get(SLOT_ENV) or not visible.strip().isdigit() or device in ("cpu", "mps", "0"):
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    on_gpu_worker = bool(os.environ.get(SLOT_ENV)) and visible.isdigit()
+    devices = parse_devices(spec.args.get("device"))
+    if not on_gpu_worker or devices.kind != "cuda" or devices.gpus == (0,):
         return spec
     return spec.model_copy(update={"args": {**spec.args, "device": "0"}})
 
@@ -318,7 +283,7 @@ def from_last_checkpoint(
     worker alike. A torn last.pt (Ultralytics writes it in one non-atomic write) is set aside, never
     deleted, and the training starts over.
     """
-    if spec.resume_from is not None:
+    if spec.resume_checkpoint is not None:
         return spec
     last = spec.run_dir / "weights" / "last.pt"
     if not last.is_file():
@@ -328,7 +293,7 @@ def from_last_checkpoint(
         log(f"{spec.key}: cannot resume ({problem}); kept it as {aside.name} and training from the start")
         return spec
     log(f"{spec.key}: resuming the interrupted training from {last}")
-    return spec.model_copy(update={"resume_from": last})
+    return spec.model_copy(update={"resume_checkpoint": last})
 
 
 def set_aside(path: Path) -> Path:
@@ -388,9 +353,9 @@ def continued_events(spec: TrainSpec) -> list[EpochEvent]:
     Its early decision then judges the whole curve from epoch 1, as it would an uninterrupted run (a
     metric bound needs every epoch from the first). Empty for any other training.
     """
-    if spec.continue_from is None:
+    if spec.continue_checkpoint is None:
         return []
-    trial_events = EventLog(Path(spec.continue_from).parent.parent / EVENTS_FILE, keep=True).read()
+    trial_events = EventLog(Path(spec.continue_checkpoint).parent.parent / EVENTS_FILE, keep=True).read()
     return [event.model_copy(update=spec.ref().model_dump()) for event in trial_events]
 
 

@@ -17,11 +17,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.engine.config import RunConfig
-from flows.engine.plan.devices import gpu_list
+from flows.engine.plan.devices import parse_devices
 from flows.engine.records.results import EpochEvent, PhaseResult, TrainSpec
 from tasks.slots import LEASE_ENV, SLOT_ENV
 from tasks.step import TrainingStep
-from tasks.trainers.vram import cuda_index
 
 
 def epoch_line(label: str, event: EpochEvent) -> str:
@@ -75,12 +74,7 @@ def gpu_slots(spec: TrainSpec) -> list[str]:
     """
     if slot := os.environ.get(SLOT_ENV):
         return [slot]
-    device = spec.args.get("device")
-    indices = gpu_list(device)
-    if indices is None:
-        index = cuda_index(device)
-        indices = [] if index is None else [index]
-    return [f"gpu-{index}" for index in indices]
+    return [f"gpu-{index}" for index in parse_devices(spec.args.get("device")).gpus]
 
 
 @task(name="train", task_run_name="train-{spec.node}", retries=0)

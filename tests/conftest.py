@@ -6,10 +6,15 @@ import copy
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flows.engine.plan.search_settings import TrialWorkers
+    from flows.engine.records.results import EpochEvent, GateResult, PhaseResult, TrainSpec
+    from tasks.step import TrainingStep
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -83,3 +88,38 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_demo_dataset(
         tmp_path_factory.mktemp("demo") / "data", n_train=16, n_val=8, image_size=160
     )
+
+
+class StepExecutor:
+    """The walk's executor over a ``TrainingStep`` alone (no Prefect): each training through the step,
+    each gate into the step's journal (once). ``observe`` sees every epoch of every training."""
+
+    def __init__(self, step: TrainingStep, observe: Callable[[EpochEvent], None] | None = None) -> None:
+        from tasks.step import observe_nothing
+
+        self.step = step
+        self.observe = observe or observe_nothing
+
+    def train(self, spec: TrainSpec) -> PhaseResult:
+        """The recorded result, or the training run now."""
+        return self.step(spec, self.observe)
+
+    def train_each(
+        self,
+        next_spec: Callable[[], TrainSpec | None],
+        on_done: Callable[[TrainSpec, PhaseResult], None],
+        workers: TrialWorkers | None,
+    ) -> None:
+        """A search's trials one after another (side by side is the flow's, on its Dask workers)."""
+        from flows.engine.decisions.walk import train_in_turn
+
+        train_in_turn(self, next_spec, on_done)
+
+    def gate(self, result: GateResult) -> None:
+        """Record the gate (a re-run's gate that is already recorded is not recorded twice)."""
+        from tasks.step import record_gate_once
+
+        record_gate_once(self.step.journal, result)
+
+    def enter(self, node: str, index: int) -> None:
+        """Nothing to show."""

@@ -9,6 +9,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -19,20 +20,21 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from flows.engine.decisions.batch_planner import (
-    PlanningFailed,
     accumulation_for,
     choose_batch,
     describe_settings,
     plan_batch,
     render_batch_plan,
-    require_batch,
 )
+from flows.engine.errors import TrainingError
 from flows.engine.plan.batch_settings import BatchPlanSettings, VramBound, budget_mismatches, plan_problems
+from flows.engine.plan.devices import parse_devices
 from flows.engine.records.batch_plan import BatchPlan, ProbeMeasurement
+from flows.engine.records.results import TrainSpec
+from tasks.step import BATCH_PLAN_FILE, planned_batch
 from tasks.trainers.memory_probe import (
     CudaMemoryProbe,
     ProbeRequest,
-    cuda_index,
     densest_first,
     is_memory_error,
     largest_train_imgsz,
@@ -163,7 +165,7 @@ def test_out_of_memory_counts_as_over_the_budget():
     assert any(s.measurement.status == "oom" and s.batch == 7 for s in plan.steps)
 
 
-def test_budget_below_the_smallest_batch_fails_clearly_before_training():
+def test_budget_below_the_smallest_batch_fails_clearly_before_training(tmp_path):
     probe = CurveProbe(lambda b: 10.0 + 5.0 * b)
     plan = plan_batch(
         BatchPlanSettings(budget_gb=12),
@@ -178,8 +180,18 @@ def test_budget_below_the_smallest_batch_fails_clearly_before_training():
         "nodes.phase1.batch_plan: batch 2 (min_batch) needs 20.50 GB (both) on Fake 24GB, above budget_gb 12 "
         "− margin_gb 1 = 11 GB; raise budget_gb, lower imgsz or min_batch, or use a smaller model"
     )
-    with pytest.raises(PlanningFailed, match=r"batch 2 \(min_batch\) needs 20.50 GB"):
-        require_batch(plan)
+    # the training step refuses to start the phase with that plan (recorded beside its files)
+    spec = TrainSpec(
+        node="phase1",
+        plan="fod",
+        model=Path("yolo11n.yaml"),
+        data=tmp_path / "data.yaml",
+        run_dir=tmp_path,
+        batch_plan=BatchPlanSettings(budget_gb=12),
+    )
+    (tmp_path / BATCH_PLAN_FILE).write_text(plan.model_dump_json(), encoding="utf-8")
+    with pytest.raises(TrainingError, match=r"batch 2 \(min_batch\) needs 20.50 GB"):
+        planned_batch(spec, lambda _: None)
     assert render_batch_plan(plan)[0].startswith(
         "batch plan FAILED (budget 12 GB (both) − margin 1 GB = 11 GB)"
     )
@@ -419,7 +431,7 @@ def test_probe_helpers_mirror_ultralytics():
     assert largest_train_imgsz(640, 0.0) == 640
     assert largest_train_imgsz(640, 0.5) == 960  # randrange(320, 992) // 32 * 32 reaches 960 at most
     assert largest_train_imgsz(640, 0.25) == 800
-    assert [cuda_index(d) for d in (None, "", "0", "1", "cuda:2", "cpu", "mps", "0,1")] == [
+    assert [parse_devices(d).index for d in (None, "", "0", "1", "cuda:2", "cpu", "mps", "0,1")] == [
         0,
         0,
         0,

@@ -119,7 +119,7 @@ def test_resumed_training_counts_the_epochs_before_its_checkpoint(tmp_path):
     """Ultralytics' resume reports only the epochs after last.pt: the result takes the rest from results.csv."""
     from flows.engine.records.results import EpochRecord, TrainSpec
     from tasks.trainers.messages import ChildResult
-    from tasks.trainers.ultra import Outcome, build_result, earlier_epochs
+    from tasks.trainers.ultra import Outcome, build_result, records_already_trained
 
     run_dir = tmp_path / "phase1"
     (run_dir / "weights").mkdir(parents=True)
@@ -135,9 +135,9 @@ def test_resumed_training_counts_the_epochs_before_its_checkpoint(tmp_path):
         args={"epochs": 4},
         run_dir=run_dir,
     )
-    assert earlier_epochs(fresh) == (), "a fresh training starts with no history"
-    resumed = fresh.model_copy(update={"resume_from": run_dir / "weights" / "last.pt"})
-    outcome = Outcome(earlier_epochs(resumed))
+    assert records_already_trained(fresh) == (), "a fresh training starts with no history"
+    resumed = fresh.model_copy(update={"resume_checkpoint": run_dir / "weights" / "last.pt"})
+    outcome = Outcome(records_already_trained(resumed))
     for epoch in (3, 4):  # what the resumed child reports: epoch 3 again, then 4
         outcome.add_epoch(EpochRecord(epoch=epoch, map50_95=0.5, map50=0.6))
     outcome.result = ChildResult(status="completed", save_dir=str(run_dir), batch_used=8, nbs=64)

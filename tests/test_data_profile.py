@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from flows.engine.data import profile as prof
-from flows.engine.data.checks import label_line_problem
+from flows.engine.data.labels import label_path, read_labels
 from flows.engine.data.profile import PhaseShape, profile_dataset
 from flows.engine.fsutil import AlreadyExistsError
 from tests.conftest import ROOT, SHARED, needs_shared
@@ -243,7 +243,7 @@ def test_classes_without_validation_instances_are_warned() -> None:
     problems = prof.warning_problems(profile, plan="plan.yaml", data="data.yaml")
     assert [(p.source, p.where, p.severity) for p in problems] == [("data.yaml", "val", "warning")]
     assert problems[0].line().startswith("warning: data.yaml: val: classes 'tee', 'marker' have no instances")
-    assert profile.warning_lines == (f"warning: val: {warning.message}",)
+    assert problems[0].line() == f"warning: data.yaml: val: {warning.message}"
 
 
 # ----------------------------------------------------------------------------------------- label rules
@@ -273,15 +273,19 @@ def test_label_rows_are_read_as_ultralytics_reads_them(tmp_path: Path) -> None:
     images = tmp_path / "images" / "train"
     rotated = write_image(images / "rotated.jpg", (200, 100), orientation=6)  # shown as 100 x 200
     write_label(rotated, "0 0.5 0.5 0.5 0.1\n")  # 0.5*100 = 50 px wide, 0.1*200 = 20 px high
+    repeated = write_image(images / "repeated.png", (100, 100))
+    write_label(repeated, "1 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 0.1\n\n")  # a repeat: dropped
+    polygon = write_image(images / "polygon.png", (100, 100))
+    write_label(polygon, "1 0.1 0.1 0.3 0.1 0.3 0.5\n")  # a polygon: its box is 0.2 x 0.4
     mixed = write_image(images / "mixed.png", (100, 100))
     write_label(
         mixed,
-        "1 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 0.1\n\n"  # a repeat: dropped
-        "1 0.1 0.1 0.3 0.1 0.3 0.5\n"  # a polygon: its box is 0.2 x 0.4
+        "1 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 0.1\n\n"
+        "1 0.1 0.1 0.3 0.1 0.3 0.5\n"  # a polygon among boxes: Ultralytics refuses the file
         "5 0.5 0.5 0.1 0.1\n0 a b c d\n",  # class out of range; not a number
     )
     bad_class = write_image(images / "bad_class.png", (100, 100))
-    write_label(bad_class, "0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n")
+    write_label(bad_class, "0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n")  # refused whole
     bad_number = write_image(images / "bad_number.png", (100, 100))
     write_label(bad_number, "0 0.5 0.5 0.1 abc\n0 0.5 0.5 0.3 0.3\n")
     no_label = write_image(images / "no_label.png", (100, 100))
@@ -290,25 +294,25 @@ def test_label_rows_are_read_as_ultralytics_reads_them(tmp_path: Path) -> None:
     broken = images / "broken.jpg"
     broken.write_text("not an image")
     write_label(broken, "0 0.5 0.5 0.1 0.1\n")
-    split = [rotated, mixed, bad_class, bad_number, no_label, empty, broken]
+    split = [rotated, repeated, polygon, mixed, bad_class, bad_number, no_label, empty, broken]
 
     profile = profile_dataset({"train": split}, ["a", "b"], 200)
     got = profile.splits["train"]
-    assert got.images == 7
-    assert (got.empty_images, got.missing_labels) == (2, 1)
-    assert got.class_instances == (1 + 1 + 1 + 1, 2)  # rotated, bad_class, bad_number, broken; mixed x2
-    assert got.class_images == (4, 1)
-    assert (got.invalid_rows, got.duplicate_rows, got.unreadable_images) == (2 + 1 + 1, 1 + 1, 1)
-    assert got.measured_boxes == 5  # every box but the broken image's
-    # at imgsz 200: rotated 50 px; mixed 0.1*100*2 = 20 px and 0.4*100*2 = 80 px; bad_class 40 px; bad_number 60 px
+    assert got.images == 9
+    assert (got.empty_images, got.missing_labels) == (5, 1)  # mixed, bad_class, bad_number, no_label, empty
+    assert got.class_instances == (1 + 1, 1 + 1)  # rotated, broken; repeated, polygon
+    assert got.class_images == (2, 2)
+    assert (got.invalid_rows, got.duplicate_rows, got.unreadable_images) == (5 + 3 + 2, 1, 1)
+    assert got.measured_boxes == 3  # every box but the broken image's
+    # at imgsz 200: rotated 50 px; repeated 0.1*100*2 = 20 px; polygon 0.4*100*2 = 80 px
     assert got.max_px == pytest.approx(80)
     assert got.min_px == pytest.approx(20)
-    assert got.histogram == (0, 0, 0, 1, 3, 1, 0, 0)  # [16,32): 20; [32,64): 40, 50, 60; [64,128): 80
+    assert got.histogram == (0, 0, 0, 1, 1, 1, 0, 0)  # [16,32): 20; [32,64): 50; [64,128): 80
     assert got.large_boxes == 1
 
 
-def test_bulk_reading_equals_the_row_by_row_rule(tmp_path: Path) -> None:
-    """Many random label files: the vectorised path must count what label_line_problem accepts."""
+def test_bulk_reading_equals_the_one_reading_of_each_file(tmp_path: Path) -> None:
+    """Many random label files: the vectorised path must count what ``read_labels`` reads."""
     rng = random.Random(7)
     nc, imgsz = 3, 320
     pool = [
@@ -327,26 +331,23 @@ def test_bulk_reading_equals_the_row_by_row_rule(tmp_path: Path) -> None:
         size = (rng.choice([64, 100, 160]), rng.choice([64, 100, 160]))
         image = write_image(tmp_path / "images" / "train" / f"{i}.png", size)
         weights = [5, 5, 5, 0, 0, 0, 0, 0, 0] if i % 2 else [5, 5, 5, 1, 1, 1, 1, 1, 1]  # half are clean
+        if i % 10 == 4:
+            weights = [0] * 8 + [1]  # polygon files too
         rows = rng.choices(pool, weights=weights, k=rng.randint(0, 8))
         write_label(image, "\n".join(rows) + "\n")
         images.append(image)
-        seen = set()
-        for row in rows:
-            if label_line_problem(row, nc):
-                expected_invalid += 1
-                continue
-            values = tuple(float(v) for v in row.split())
-            if values in seen:
-                expected_dup += 1
-                continue
-            seen.add(values)
-            coords = values[1:]
-            w, h = (coords[2], coords[3]) if len(coords) == 4 else (0.4 - 0.1, 0.3 - 0.1)
-            expected_instances[int(values[0])] += 1
+        labels = read_labels(label_path(image), nc)
+        if labels.problem is not None:
+            expected_invalid += labels.rows
+            continue
+        expected_dup += labels.duplicates
+        for cls, _, _, w, h in labels.boxes.tolist():
+            expected_instances[int(cls)] += 1
             expected_px.append(max(w * size[0], h * size[1]) * imgsz / max(size))
     got = profile_dataset({"train": images}, ["a", "b", "c"], imgsz).splits["train"]
     assert list(got.class_instances) == expected_instances
     assert (got.invalid_rows, got.duplicate_rows) == (expected_invalid, expected_dup)
+    assert expected_invalid and expected_dup and expected_instances[2], "the files cover every case"
     assert got.large_boxes == sum(px > 64 for px in expected_px)
     assert got.small_boxes == sum(px < 8 for px in expected_px)
     assert got.max_px == pytest.approx(max(expected_px))

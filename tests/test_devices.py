@@ -11,7 +11,7 @@ from conftest import SHIPPED_PLAN
 
 from flows.engine.config import OptimizeRequest, prepare
 from flows.engine.decisions.walk import search_spec, train_spec
-from flows.engine.plan.devices import gpu_list
+from flows.engine.plan.devices import Devices, parse_devices
 from flows.engine.plan.search_settings import TrialWorkers
 
 
@@ -20,8 +20,51 @@ from flows.engine.plan.search_settings import TrialWorkers
     [("0,1", [0, 1]), ("cuda:2, 3", [2, 3]), ([0, 1, 2, 3], [0, 1, 2, 3]), ("0", None), (0, None),
      ("cpu", None), ("0,", None), ("0,x", None), (None, None)],
 )  # fmt: skip
-def test_gpu_list_reads_every_spelling_of_several_gpus(device, gpus):
-    assert gpu_list(device) == gpus
+def test_every_spelling_of_several_gpus_reads_as_their_list(device, gpus):
+    found = parse_devices(device).gpus
+    assert (list(found) if len(found) > 1 else None) == gpus
+
+
+SPELLINGS = [
+    (None, Devices("cuda", (0,), ("0",))),
+    ("", Devices("cuda", (0,), ("0",))),
+    ("cuda", Devices("cuda", (0,), ("0",))),
+    (0, Devices("cuda", (0,), ("0",))),
+    (" 3 ", Devices("cuda", (3,), ("3",))),
+    ("01", Devices("cuda", (1,), ("1",))),
+    ("cuda:2", Devices("cuda", (2,), ("2",))),
+    ("CPU", Devices("cpu", (), ("cpu",))),
+    ("mps", Devices("mps", (), ("mps",))),
+    ("0,1", Devices("cuda", (0, 1), ("0", "1"))),
+    ("cuda:0,1", Devices("cuda", (0, 1), ("0", "1"))),
+    ([2, 3], Devices("cuda", (2, 3), ("2", "3"))),
+    (("0", "1"), Devices("cuda", (0, 1), ("0", "1"))),
+    ([0], Devices("cuda", (0,), ("0",))),
+    ("0,", Devices("cuda", (0,), ("0",))),
+    ("0,x", Devices("other", (), ("0", "x"))),
+    ("-1", Devices("other", (), ("-1",))),
+    ("npu:0", Devices("other", (), ("npu:0",))),
+]
+
+
+@pytest.mark.parametrize(("device", "expected"), SPELLINGS)
+def test_one_reading_of_a_device_argument(device, expected):
+    devices = parse_devices(device)
+    assert devices == expected
+    assert devices.several == (len(expected.parts) > 1)
+    assert devices.index == (expected.gpus[0] if len(expected.gpus) == 1 else None)
+
+
+def test_the_reading_is_ultralytics_own(monkeypatch):
+    """Every spelling reads as Ultralytics' ``parse_device`` canonicalises it ('' is its default GPU)."""
+    from ultralytics.utils.torch_utils import parse_device
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for device, expected in SPELLINGS:
+        if expected.parts == ("-1",):
+            continue  # Ultralytics replaces -1 with an idle GPU it finds with NVML
+        canonical = parse_device(device)
+        assert (canonical or "0") == ",".join(expected.parts), device
 
 
 def plan_with(tmp_path: Path, edit) -> Path:

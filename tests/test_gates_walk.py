@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPLAYS, SHIPPED_PLAN
+from conftest import REPLAYS, SHIPPED_PLAN, StepExecutor
 
 from flows.engine.config import OptimizeRequest, prepare
 from flows.engine.decisions.gates import evaluate_gate, shortfalls, speedup_of
 from flows.engine.decisions.monitors import check_monitors
-from flows.engine.decisions.walk import pick_best, walk_tree
+from flows.engine.decisions.walk import walk_tree
 from flows.engine.plan.schema import GateNode, Monitor, SearchNode
 from flows.engine.plan.tree import always_before, find_cycle, paths
 from flows.engine.records.results import (
@@ -19,9 +19,10 @@ from flows.engine.records.results import (
     GateResult,
     PhaseResult,
     TrainSpec,
+    TrialRecord,
     ValMetrics,
 )
-from tasks.step import StepExecutor, TrainingStep
+from tasks.step import TrainingStep
 
 
 def result(node: str = "p", **kw) -> PhaseResult:
@@ -108,20 +109,10 @@ def test_shortfalls_say_by_how_much():
     assert shortfalls(r) == ["g: map50_95 observed 0.9000, needed ≥ 0.9150"]
 
 
-def test_pick_best_skips_diverged_and_keeps_first_on_ties():
-    trials = [
-        result(trial=0, metrics=ValMetrics(map50_95=0.5)),
-        result(trial=1, metrics=ValMetrics(map50_95=0.9), diverged=True),
-        result(trial=2, metrics=ValMetrics(map50_95=0.7)),
-        result(trial=3, metrics=ValMetrics(map50_95=0.7)),
-    ]
-    assert pick_best(trials, "map50_95").trial == 2
-    assert pick_best([result(status="failed")], "map50_95") is None
-
-
 def test_a_search_whose_trials_all_tie_says_so():
     """Nine trials at mAP50-95 0.0000 (tiny models): no trial is 'the best', and the note says so."""
-    from flows.engine.decisions.walk import all_tie, best_note
+    from flows.engine.decisions.study import best_of
+    from flows.engine.decisions.walk import best_note
 
     search = SearchNode.model_validate(
         {
@@ -133,15 +124,20 @@ def test_a_search_whose_trials_all_tie_says_so():
             "next": "g",
         }
     )
-    tied = [result(trial=i, metrics=ValMetrics(map50_95=0.0)) for i in range(3)]
-    assert all_tie(tied, "map50_95")
-    note = best_note("phase3", search.select, tied[0], {"lr0": 0.01}, tied=3)
+
+    def trial(number: int, value: float | None, state: str = "complete") -> TrialRecord:
+        return TrialRecord(number=number, point={"lr0": 0.01 * (number + 1)}, state=state, value=value)
+
+    tied = [trial(i, 0.0) for i in range(3)]
+    best = best_of(tied)
+    assert best is not None and best.all_tie
+    note = best_note("phase3", search.select, best)
     assert "all 3 trials tie at map50_95 0.0000" in note and "best trial" not in note
-    spread = [*tied[:2], result(trial=2, metrics=ValMetrics(map50_95=0.1))]
-    assert not all_tie(spread, "map50_95")
-    assert best_note("phase3", search.select, spread[2], {"lr0": 0.02}).startswith("phase3: best trial 2")
-    assert not all_tie(tied[:1], "map50_95"), "one trial cannot tie"
-    assert not all_tie([tied[0], result(trial=1, status="failed")], "map50_95")
+    spread = best_of([*tied[:2], trial(2, 0.1)])
+    assert spread is not None and not spread.all_tie
+    assert best_note("phase3", search.select, spread).startswith("phase3: best trial 2")
+    assert not best_of(tied[:1]).all_tie, "one trial cannot tie"  # type: ignore[union-attr]
+    assert not best_of([tied[0], trial(1, None, "failed")]).all_tie  # type: ignore[union-attr]
 
 
 def test_figures_that_do_not_exist_read_na_with_the_reason():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,9 +41,8 @@ from flows.engine.metrics.sizes import (
     coco_inputs,
     count_objects,
     evaluate_sizes,
-    ground_truth_of_split,
     label_boxes,
-    predictions_from_json,
+    predictions_from_records,
     read_ground_truth,
     run_evaluator,
 )
@@ -192,6 +192,25 @@ def test_ap_of_no_predictions_and_no_labels():
     assert missed == (0.0, 0.0, 0.0, 0.0)
 
 
+def explicit_resample(stats: MatchStats, counts: np.ndarray) -> MatchStats:
+    """The explicit resample: image i's predictions and labels repeated ``counts[i]`` times (slow and
+    simple; the reference the fast path is tested against)."""
+    drawn = np.repeat(np.arange(stats.n_images), counts)
+    pred_rows = [np.flatnonzero(stats.pred_image == i) for i in drawn]
+    label_rows = [np.flatnonzero(stats.target_image == i) for i in drawn]
+    p = np.concatenate(pred_rows).astype(int) if pred_rows else np.zeros(0, int)
+    t = np.concatenate(label_rows).astype(int) if label_rows else np.zeros(0, int)
+    return MatchStats(
+        tp=stats.tp[p],
+        conf=stats.conf[p],
+        pred_cls=stats.pred_cls[p],
+        pred_image=np.repeat(np.arange(len(drawn)), [len(r) for r in pred_rows]),
+        target_cls=stats.target_cls[t],
+        target_image=np.repeat(np.arange(len(drawn)), [len(r) for r in label_rows]),
+        n_images=len(drawn),
+    )
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fast_resample_equals_ultralytics_on_the_repeated_images(seed):
     """A resample's figures equal Ultralytics' ap_per_class on the images explicitly repeated."""
@@ -200,7 +219,7 @@ def test_fast_resample_equals_ultralytics_on_the_repeated_images(seed):
     stats = MatchStats.from_images(random_match_stats(120, seed))
     resampler = Resampler(stats)
     for counts in resample_counts(stats.n_images, 4, seed):
-        r = stats.resampled(counts)
+        r = explicit_resample(stats, counts)
         theirs = ap_per_class(r.tp, r.conf, r.pred_cls, r.target_cls)
         ours = resampler.class_ap(counts)
         np.testing.assert_array_equal(ours.classes, theirs[6])
@@ -466,13 +485,26 @@ def test_shared_validation_sets_have_the_documented_size_counts(dataset, expecte
     assert count_objects(gt, [0], ranges, "longest_side").tolist() == [expected]
 
 
-def test_predictions_json_is_read_by_file_name(tmp_path):
-    """Ultralytics' export (category_id = class + 1, file_name) maps back onto the ground truth."""
+def ground_truth_of_split(data_yaml: Path, split: str = "val") -> GroundTruth:
+    """Ground truth of a dataset YAML's split, read as the engine reads datasets (``data.dataset``)."""
+    from flows.engine.data.dataset import resolve_dataset
+
+    found = resolve_dataset(data_yaml)
+    assert found.dataset is not None and split in found.images, [p.line() for p in found.problems]
+    return read_ground_truth(found.images[split], found.dataset.names)
+
+
+def test_exported_predictions_map_onto_the_ground_truth():
+    """The validator's export (its category ids, the image file) maps back onto the ground truth: what
+    the evaluation child reads (``prediction_records``, then ``predictions_from_records``)."""
+    from types import SimpleNamespace
+
+    from tasks.trainers.evaluate import prediction_records
+
     gt = synthetic_gt(2)
-    entries = [{"file_name": "img1.jpg", "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5}]
-    path = tmp_path / "predictions.json"
-    path.write_text(__import__("json").dumps(entries), encoding="utf-8")
-    predictions = predictions_from_json(gt, path)
+    entry = {"category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5}
+    validator = SimpleNamespace(class_map=[1, 2], kept_predictions=[("/synthetic/img1.jpg", entry)])
+    predictions = predictions_from_records(gt, prediction_records(validator))
     assert predictions.cls[0].size == 0
     assert predictions.cls[1].tolist() == [1] and predictions.xywh[1].tolist() == [[1, 2, 3, 4]]
 

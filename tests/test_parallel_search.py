@@ -110,8 +110,8 @@ def test_trials_run_side_by_side_and_never_share_a_slot(dataset, tmp_path):
             assert not (a.slot == b.slot and overlapping(a, b)), (a.key, b.key, a.slot)
     assert parallel.terminal == serial.terminal
     assert [(t.trial, t.metrics) for t in trials] == [(t.trial, t.metrics) for t in serial.trials]
-    best = [n for n in parallel.warnings if "best trial" in n or "tie" in n]
-    assert best == [n for n in serial.warnings if "best trial" in n or "tie" in n]
+    best = [n for n in parallel.warnings_and_notes if "best trial" in n or "tie" in n]
+    assert best == [n for n in serial.warnings_and_notes if "best trial" in n or "tie" in n]
 
 
 EPOCH_LINE = re.compile(r"phase3 trial (?P<trial>\d+): epoch (?P<epoch>\d+)/")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPLAYS, ROOT, SHIPPED_PLAN
+from conftest import REPLAYS, ROOT, SHIPPED_PLAN, StepExecutor
 
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
 from flows.engine.decisions.walk import WalkState, walk_tree
@@ -25,7 +25,7 @@ from flows.engine.records.journal import (
     write_identity,
 )
 from flows.engine.records.results import EpochEvent, PhaseResult, TrainSpec
-from tasks.step import StepExecutor, TrainingStep
+from tasks.step import TrainingStep
 
 
 class Crash(Exception):
@@ -213,7 +213,7 @@ def test_truncated_last_pt_is_set_aside_and_the_phase_starts_over(tmp_path):
 
     with pytest.raises(Crash):
         executor(spec)
-    assert inner.specs[-1].resume_from is None  # trained from the start
+    assert inner.specs[-1].resume_checkpoint is None  # trained from the start
     assert not last.exists()
     assert (run_dir / "weights" / "last.damaged-1.pt").read_bytes() == torn  # nothing deleted
     assert any("cannot resume" in line and "last.damaged-1.pt" in line for line in lines), lines
@@ -221,4 +221,4 @@ def test_truncated_last_pt_is_set_aside_and_the_phase_starts_over(tmp_path):
     last.write_bytes(whole.read_bytes())  # a whole checkpoint is resumed from
     with pytest.raises(Crash):
         executor(spec)
-    assert inner.specs[-1].resume_from == last
+    assert inner.specs[-1].resume_checkpoint == last

@@ -67,12 +67,17 @@ def config(tmp_path: Path, **kw: Any) -> StudyConfig:
     return StudyConfig(**{**base, **kw})
 
 
+def report(study: SearchStudy, number: int, epoch: int, value: float | None) -> bool:
+    """Report a trial's epoch as its training does (its ``TrialReporter``); True: the pruner says stop."""
+    return TrialReporter(study.config.hook(number))(epoch, value) is not None
+
+
 def run_trial(study: SearchStudy, number: int, values: list[float]) -> None:
     """Report ``values`` epoch by epoch until pruned, then finish with the best value."""
     done = 0
     for epoch, value in enumerate(values, start=1):
         done = epoch
-        if study.report(number, epoch, value):
+        if report(study, number, epoch, value):
             break
     study.finish(number, value=max(values[:done]), epochs=done)
 
@@ -105,15 +110,15 @@ def test_a_study_made_for_another_design_is_not_reused(tmp_path: Path) -> None:
 KILLED_WORKER = textwrap.dedent(
     """
     import os, signal, sys
-    from flows.engine.decisions.study import SearchStudy, StudyConfig
+    from flows.engine.decisions.study import SearchStudy, StudyConfig, TrialReporter
     study = SearchStudy.open(StudyConfig.model_validate_json(sys.argv[1]))
     first = study.next_trial()
     for epoch in range(1, 6):
-        study.report(first.number, epoch, 0.30 + 0.01 * epoch)
+        TrialReporter(study.config.hook(first.number))(epoch, 0.30 + 0.01 * epoch)
     study.finish(first.number, value=0.35, epochs=5)
     second = study.next_trial()
     for epoch in range(1, 4):
-        study.report(second.number, epoch, 0.20 + 0.01 * epoch)
+        TrialReporter(study.config.hook(second.number))(epoch, 0.20 + 0.01 * epoch)
     os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of trial 1
     """
 )
@@ -293,6 +298,29 @@ def test_seeded_qmc_and_gp_samplers_give_the_same_points_twice(tmp_path: Path, m
 
 
 # --------------------------------------------------------------------------- choosing the best
+def test_the_best_trial_skips_diverged_ones_and_keeps_the_first_on_ties(tmp_path: Path) -> None:
+    """Trials scored from the trainer's results, the one scoring (``finish_result``): diverged, no score."""
+    study = SearchStudy.open(config(tmp_path, method="grid", space={"x": [0, 1, 2, 3]}, max_trials=4))
+    results = [
+        PhaseResult(node="phase3", trial=0, metrics=ValMetrics(map50_95=0.5)),
+        PhaseResult(node="phase3", trial=1, metrics=ValMetrics(map50_95=0.9), diverged=True),
+        PhaseResult(node="phase3", trial=2, metrics=ValMetrics(map50_95=0.7)),
+        PhaseResult(node="phase3", trial=3, metrics=ValMetrics(map50_95=0.7)),
+    ]
+    for result in results:
+        ticket = study.next_trial(reclaim_running=False)
+        assert ticket is not None and ticket.number == result.trial
+        study.finish_result(ticket.number, result)
+    best = study.best()
+    assert best is not None and best.trial.number == 2
+    lone = SearchStudy.open(
+        config(tmp_path, name="run-1/lone", method="grid", space={"x": [0]}, max_trials=1)
+    )
+    assert lone.next_trial(reclaim_running=False) is not None
+    lone.finish_result(0, PhaseResult(node="phase3", trial=0, status="failed"))
+    assert lone.best() is None
+
+
 def test_best_takes_the_first_of_tied_trials_and_ignores_pruned_and_failed_ones(tmp_path: Path) -> None:
     cfg = config(
         tmp_path,
@@ -304,10 +332,10 @@ def test_best_takes_the_first_of_tied_trials_and_ignores_pruned_and_failed_ones(
     study = SearchStudy.open(cfg)
     tickets = [study.next_trial(reclaim_running=False) for _ in range(4)]
     assert [t.number for t in tickets if t] == [0, 1, 2, 3]
-    assert not study.report(0, 1, 0.5) and not study.report(1, 1, 0.5)
+    assert not report(study, 0, 1, 0.5) and not report(study, 1, 1, 0.5)
     study.finish(0, value=0.5, epochs=20)
     study.finish(1, value=0.5, epochs=20)
-    assert study.report(2, 1, 0.1)  # behind both at the first rung: pruned
+    assert report(study, 2, 1, 0.1)  # behind both at the first rung: pruned
     study.finish(2, value=0.9, epochs=1)  # its best.pt value (higher) does not count: it was pruned
     study.finish_result(
         3,
@@ -552,6 +580,16 @@ def test_importing_the_modules_does_not_import_optuna() -> None:
         "sys.exit('optuna' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False, timeout=120).returncode == 0
+
+
+def test_one_count_of_a_searchs_trials(tmp_path: Path) -> None:
+    """The validation, the dry run's epochs and prices, and the study's budget count trials one way."""
+    sampler = Design(method="tpe", max_trials=12, n_trials=5)
+    assert trial_count(sampler) == trial_count(sampler, 9) == 5
+    assert trial_count(Design(method="tpe", max_trials=12)) == 12
+    assert trial_count(Design(method="grid", max_trials=12)) == 12
+    assert trial_count(Design(method="grid", max_trials=12), 9) == 9, "a fixed design: its points"
+    assert config(tmp_path, method="tpe", max_trials=12, n_trials=5).budget == trial_count(sampler)
 
 
 def test_planned_epochs_and_the_one_line_description_of_a_search() -> None:

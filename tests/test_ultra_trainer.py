@@ -345,9 +345,9 @@ def test_train_args_land_in_run_dir_and_translate_effective_batch(tmp_path: Path
     [("cpu", None), ("mps", None), ("0,1", None), ("0", 0), ("cuda:1", 1), (None, 0), ("", 0)],
 )
 def test_cuda_index_follows_the_device(device: str | None, index: int | None) -> None:
-    from tasks.trainers.vram import cuda_index  # what the child watches with NVML
+    from flows.engine.plan.devices import parse_devices  # what the child watches with NVML
 
-    assert cuda_index(device) == index
+    assert parse_devices(device).index == index
 
 
 def test_finite_and_box_metrics() -> None:

@@ -22,6 +22,7 @@ from flows.engine.plan.loader import load_plan
 from flows.engine.plan.problems import PlanError, Problem, errors_of
 from flows.engine.plan.resolve import inherited, node_args, resolve_path, trial_args
 from flows.engine.plan.schema import GateNode, MetricCheck, Plan, SearchNode, TrainNode, VramCheck
+from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.plan.validate import check_plan
 from flows.engine.records.profile import DataProfile
 from flows.engine.records.replay_spec import ReplaySpec, ReplaySpecError, load_replay_spec
@@ -152,7 +153,7 @@ def check_models(plan: Plan, source: str, plan_dir: Path, force: dict[str, Any])
         weights = resolve_path(inherited(plan, name, "pretrained"), plan_dir)
         if weights is not None and (message := weights_problem(weights)):
             problems.append(Problem(source, f"{where}.pretrained", message))
-        imgsz = node_args(plan, name, force).get("imgsz", 640)
+        imgsz = node_args(plan, name, force).get("imgsz", ultralytics_default("imgsz"))
         if isinstance(imgsz, int) and (message := check_imgsz(imgsz, model)):
             problems.append(Problem(source, f"{where}.args.imgsz", message))
     return problems
@@ -233,9 +234,9 @@ def profile_data(plan: Plan, dataset: ResolvedDataset, plan_dir: Path, force: di
     shapes = []
     for name, node in plan.nodes.items():
         if isinstance(node, TrainNode) and (model := inherited(plan, name, "model")) is not None:
-            imgsz = node_args(plan, name, force).get("imgsz", 640)
+            imgsz = node_args(plan, name, force).get("imgsz", ultralytics_default("imgsz"))
             shapes.append(PhaseShape(name, int(imgsz), max_stride(resolve_model(model, base_dir=plan_dir))))
-    imgsz = int({**plan.defaults, **force}.get("imgsz", 640))
+    imgsz = int({**plan.defaults, **force}.get("imgsz", ultralytics_default("imgsz")))
     return profile_dataset(dataset_images(dataset), dataset.names, imgsz=imgsz, phases=shapes)
 
 

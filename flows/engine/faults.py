@@ -1,13 +1,11 @@
-"""Named kill points for the crash-resume tests.
+"""Named kill points and faked hardware errors for the crash and recovery tests.
 
-Production code calls ``kill_point(name)`` at the instants where a crash is most harmful
-(between a step and its journal line, halfway through a deploy, between the report and
-decision.json). Nothing happens unless the environment variable ``FOD_KILL_AT`` names that
-point: then the process kills itself with SIGKILL, exactly like a power cut or the OOM
-killer, so the tests can prove that re-running the same command recovers.
-
-``FOD_FAKE_OOM_ABOVE`` does the same for GPU memory on a machine without one: the trainer
-subclass raises ``torch.OutOfMemoryError`` for larger batches, as CUDA would.
+Production code calls ``kill_point(name)`` where a crash is most harmful (between a step and its journal
+line, halfway through a deploy, between the report and decision.json). Nothing happens unless
+``FOD_KILL_AT`` names that point: then the process SIGKILLs itself, as a power cut or the OOM killer
+would, so the tests can prove that re-running the same command recovers. ``FOD_FAKE_OOM_ABOVE`` makes
+the trainer raise ``torch.OutOfMemoryError`` above a batch size on a machine without a GPU;
+``FOD_KILL_CHILD`` kills a training child after an epoch.
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """The extra evaluation of a trained best.pt: Ultralytics' validation once more, kept image by image.
 
-Called in the training child right after the final validation, and usable on its own on any best.pt
-(``python -m tasks.trainers.evaluate best.pt data.yaml --imgsz 640``). One Ultralytics validation run
-(``DetectionValidator``, the class the trainer uses, so the same matching and figures) with a subclass
-that keeps what the stock validator throws away:
-
-- per image: ``tp`` (predictions × 10 IoU thresholds), ``conf``, ``pred_cls`` and ``target_cls``, in
-  the validator's image order → Ultralytics' figures recomputed in numpy and bootstrapped over images;
-- the exported predictions (``pred_to_json``: boxes in pixels of the original image), paired with the
-  image file → COCO figures per size bucket and class (faster-coco-eval), bootstrapped on the same
-  resamples.
-
-Ultralytics' own COCO evaluation of the export (``eval_json``, area-based small/medium/large only) is
-skipped: the plan's buckets replace it. Nothing heavy is imported at module level.
+Called in the training child right after the final validation; on its own:
+``python -m tasks.trainers.evaluate best.pt data.yaml --imgsz 640``. One ``DetectionValidator`` run (the
+trainer's own class: the same matching and figures) through a subclass that keeps what the stock
+validator throws away: the per-image matches (for the bootstrap) and the exported predictions with
+their image files (for the COCO figures by size and class); Ultralytics' own COCO pass is skipped.
+What runs and why: docs/EVALUATION.md. Nothing heavy is imported at module level.
 """
 
 from __future__ import annotations
@@ -210,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate one best.pt and print the report section; ``--json`` writes the Evaluation."""
     from flows.engine.metrics.render import evaluation_section
     from flows.engine.plan.buckets import EvaluationSettings
+    from flows.engine.plan.ultra_defaults import ultralytics_default
 
     parser = argparse.ArgumentParser(description="Accuracy by object size and class, with intervals")
     parser.add_argument("weights", type=Path)
     parser.add_argument("data", type=Path)
-    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--imgsz", type=int, default=ultralytics_default("imgsz"))
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--resamples", type=int, default=1000)

@@ -1,29 +1,12 @@
 """The real ``MemoryProbe``: peak VRAM of a few real training steps at one batch size, on CUDA.
 
-The planner (``flows/engine/decisions/batch_planner.py``) searches over this interface; this module
-is its hardware boundary. Each measurement builds what the phase will build (the phase's model
-YAML, its Ultralytics arguments, its dataset, at its image size; ``multi_scale`` at its largest
-size) through Ultralytics' own ``DetectionTrainer._setup_train`` (model on the device,
-``channels_last``, AMP check, optimizer, EMA, GradScaler, dataloaders), then runs ``iterations``
-training steps exactly as ``BaseTrainer._do_train`` does (autocast, ``preprocess_batch``, forward
-with the loss, scaled backward, ``optimizer_step`` every second step so gradients, momentum
-buffers and EMA are all alive at the peak) on the batches with the MOST boxes of the training set
-(the loss's task-aligned assigner grows with boxes × anchors, and the P2 head has 25,600 more
-anchors at 640), then one validation-shaped forward pass at twice the batch in half precision, as
-Ultralytics' validator does during training. It reports ``torch.cuda.max_memory_reserved`` of the
-process and the peak device-wide used memory from NVML (``tasks/trainers/vram.py``), sampled
-every 50 ms and after each synchronised step.
-
-Why one fresh spawned process per candidate batch: the CUDA caching allocator keeps its segments
-(and their fragmentation) between candidates and ``max_memory_reserved`` only grows; the CUDA
-context, cuDNN/cuBLAS handles and workspaces of an earlier candidate would count in NVML's figure
-of the next; an out-of-memory error mid-backward leaves tensors referenced from the traceback; a
-sticky CUDA error poisons the context for good. The phase itself trains in a fresh spawned child,
-so a fresh process per candidate measures what the phase will see. The price is the start-up
-(imports, dataset scan, model build: about 10-20 s per candidate), paid once per phase.
-
-Without CUDA, ``unavailable()`` says why at once and nothing is spawned. ``measure_once`` also runs
-on the CPU (figures None), which is how the child's code path is tested on machines without a GPU.
+``CudaMemoryProbe.for_spec(spec, settings, device=...)`` is the batch planner's hardware boundary: each
+``measure(batch)`` runs in a fresh spawned process that builds what the phase builds (its model, arguments,
+dataset and image size, through Ultralytics' own ``DetectionTrainer._setup_train``), trains ``iterations``
+steps on the training images with the most boxes, then one validation-shaped forward pass, and reports
+torch's peak reserved memory and NVML's device-wide peak (``tasks/trainers/vram.py``). Without CUDA,
+``unavailable()`` says why and nothing is spawned; ``measure_once`` also runs on the CPU (figures None).
+Why a fresh process per batch, and what it costs: docs/VRAM_PLANNER.md.
 """
 
 from __future__ import annotations
@@ -46,9 +29,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.engine.plan.devices import parse_devices
+from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.batch_plan import ProbeMeasurement
 from tasks.trainers.offline import offline_environment
-from tasks.trainers.vram import cuda_index, cuda_missing
+from tasks.trainers.vram import cuda_missing
 
 LOG = logging.getLogger(__name__)
 
@@ -123,7 +108,7 @@ def probe_overrides(request: ProbeRequest, project: Path) -> dict[str, Any]:
     its own. ``multi_scale`` becomes its largest image size.
     """
     args = {k: v for k, v in request.args.items() if k not in DROPPED_ARGS}
-    imgsz = int(request.args.get("imgsz", 640))  # type: ignore[call-overload]
+    imgsz = int(request.args.get("imgsz", ultralytics_default("imgsz")))  # type: ignore[call-overload]
     multi_scale = float(request.args.get("multi_scale") or 0.0)  # type: ignore[arg-type]
     args.update(
         model=request.model,
@@ -236,12 +221,12 @@ class CudaMemoryProbe:
 
     def unavailable(self) -> str | None:
         """Why this probe cannot measure here, or None; imports torch, spawns nothing."""
-        text = self.device.strip().lower()
-        if text in {"cpu", "mps"}:
+        devices = parse_devices(self.device)
+        if devices.kind in ("cpu", "mps"):
             return f"the phase trains on device {self.device!r}, not a CUDA GPU: there is no VRAM to plan"
-        if "," in text:
+        if devices.several:
             return f"device {self.device!r} is several GPUs; the planner plans single-GPU training only"
-        index = cuda_index(self.device)
+        index = devices.index
         if index is None:
             return f"device {self.device!r} is not a CUDA device index"
         import torch
@@ -375,7 +360,7 @@ def measure_here(request: ProbeRequest) -> ProbeMeasurement:
     from tasks.trainers.vram import PeakSampler, VramProbe
 
     quiet_ultralytics()
-    index = cuda_index(request.device)
+    index = parse_devices(request.device).index
     cuda = index is not None and torch.cuda.is_available()
     sampler = (
         PeakSampler(VramProbe(index), interval_s=NVML_INTERVAL_S) if cuda and index is not None else None

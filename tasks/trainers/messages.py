@@ -1,14 +1,10 @@
 """What the Ultralytics training child sends its parent, as typed models (the process boundary).
 
-The child streams ``EpochEvent``s while it trains, then ends with exactly one of:
-
-- ``ChildResult``: the training ran to an *outcome* — completed, stopped (the parent said so),
-  diverged (NaN recoveries exhausted) or out of memory (batch halving could not resolve it);
-- ``ChildError``: something raised that is not an outcome (data that cannot be loaded, a missing
-  file, a bug). The parent turns it into a ``TrainingError`` that stops the walk.
-
-Both are sent as ``model_dump(mode="json")`` dicts and validated on arrival, so a field added on one
-side and forgotten on the other is an error, not a silently missing ``.get``. Pure: no torch.
+After its ``EpochEvent``s the child ends with exactly one of ``ChildResult`` (an outcome: completed,
+stopped, diverged, out of memory) or ``ChildError`` (anything else that raised: data that cannot be
+loaded, a missing file, a bug; the parent raises it as a ``TrainingError`` that stops the walk). Both are
+sent as ``model_dump(mode="json")`` dicts and validated on arrival, so a field added on one side and
+forgotten on the other is an error, not a silently missing ``.get``. Pure: no torch.
 """
 
 from __future__ import annotations

@@ -1,32 +1,10 @@
-"""A trainer that replays recorded Ultralytics runs instead of training.
+"""A trainer that replays recorded Ultralytics runs (``results.csv``) instead of training.
 
-Walking every branch of a plan for real costs days of GPU time; replaying real ``results.csv``
-files walks any branch in seconds, with real learning curves, so gates, monitors, reports and the
-deploy step can be exercised end to end. The replay trainer has the same interface as the real
-one: ``ReplayTrainer(replay_spec).train(spec, on_epoch) -> PhaseResult``; the SPEC is loaded and
-checked once, in validation (``flows.engine.records.replay_spec``).
-
-Replay SPEC (YAML; see docs/REPLAY.md)::
-
-    default:                      # optional: used for every node not listed under `nodes`
-      csv: ../../benchmarks/curves/corpus/k012.csv
-    nodes:
-      phase1:                     # a plain node: one recorded run
-        csv: ../../benchmarks/curves/corpus/n004.csv    # relative to this SPEC file
-        offset_map50_95: 0.21                          # optional overrides, see RunEntry
-        images_per_s: 40
-      phase3:                     # a search node
-        trials:                   # a list used in order (cycled), or one mapping for all trials
-          - csv: ../../benchmarks/curves/corpus/g005.csv
-          - csv: ../../benchmarks/curves/corpus/g001.csv
-        full:                     # the full run of the best trial (TrainSpec.trial is None)
-          csv: ../../benchmarks/curves/corpus/g011.csv
-
-A run replays the first ``spec.epochs`` records (a longer curve is cut; a shorter one ends the run
-"stopped"), streams one ``EpochEvent`` per epoch, and returns the metrics of the epoch best.pt comes
-from (Ultralytics' fitness), as a final validation of best.pt would. It writes
-``run_dir/results.csv`` (the replayed rows) and ``run_dir/weights/best.pt`` (a text placeholder).
-
+``ReplayTrainer(replay_spec).train(spec, on_epoch)`` has the real trainer's interface: it streams one
+``EpochEvent`` per recorded epoch (the first ``spec.epochs``; a shorter record ends the run "stopped"),
+writes ``results.csv`` and placeholder weights into ``spec.run_dir``, and returns the metrics of the epoch
+best.pt comes from, so any branch of a plan walks in seconds on real curves. The SPEC (``--replay``) is
+loaded and checked once, in validation (``records/replay_spec.py``); its format: docs/REPLAY.md.
 Pure: no torch, Ultralytics or Prefect.
 """
 
@@ -40,14 +18,11 @@ from pathlib import Path
 from flows.engine.decisions.monitors import StopTraining
 from flows.engine.faults import kill_point, worker_gone_point
 from flows.engine.fsutil import atomic_write_text, write_text_once
+from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.replay_spec import ReplaySpec, RunEntry, load_replay_spec
 from flows.engine.records.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec, ValMetrics
 from flows.engine.records.results_csv import best_epoch, epoch_durations, median_after_first, read_results_csv
 
-DEFAULT_BATCH = 16
-"""Ultralytics' default ``batch``."""
-DEFAULT_NBS = 64
-"""Ultralytics' default nominal batch size."""
 DIVERGED_REASON = "NaN/Inf loss; recoveries exhausted"
 
 
@@ -69,7 +44,7 @@ class ReplayTrainer:
         recorded = adjust_records(read_results_csv(entry.csv)[: max(planned, 0)], entry)
         speeds = epoch_speeds(recorded, entry)
         stop_reason = None
-        done = resumed_epochs(spec)
+        done = epochs_already_trained(spec)
         pause = epoch_pauses(recorded, entry)
         for index, record in enumerate(recorded):
             if index < done:
@@ -92,7 +67,7 @@ class ReplayTrainer:
             except StopTraining as stop:  # early stop: the run ends after this epoch, as a real one would
                 stop_reason = stop.reason
                 recorded = recorded[: index + 1]
-                keep_resumable_checkpoint(spec, record.epoch)
+                keep_continue_checkpoint(spec, record.epoch)
                 break
             save_last_checkpoint(spec, record.epoch)
             kill_point(f"epoch:{spec.node}:{record.epoch}")
@@ -113,7 +88,7 @@ def save_last_checkpoint(spec: TrainSpec, epoch: int) -> None:
     atomic_write_text(spec.run_dir / LAST_CHECKPOINT, f"REPLAY CHECKPOINT\nepoch: {epoch}\n", overwrite=True)
 
 
-def keep_resumable_checkpoint(spec: TrainSpec, epoch: int) -> None:
+def keep_continue_checkpoint(spec: TrainSpec, epoch: int) -> None:
     """A prefix trial stopped after ``epoch`` keeps a checkpoint its search's full run can continue from."""
     if spec.trial_hook is not None and spec.trial_hook.prefix:
         from flows.engine.decisions.study import CONTINUE_CHECKPOINT
@@ -122,10 +97,10 @@ def keep_resumable_checkpoint(spec: TrainSpec, epoch: int) -> None:
         atomic_write_text(spec.run_dir / CONTINUE_CHECKPOINT, text, overwrite=True)
 
 
-def resumed_epochs(spec: TrainSpec) -> int:
+def epochs_already_trained(spec: TrainSpec) -> int:
     """Epochs already replayed when resuming from the run's own placeholder last.pt, or continuing the best
     trial's checkpoint (a search's full run with ``full_run: continue``); 0 otherwise."""
-    start = spec.resume_from or spec.continue_from
+    start = spec.resume_checkpoint or spec.continue_checkpoint
     if start is None or not Path(start).is_file():
         return 0
     for line in Path(start).read_text(encoding="utf-8", errors="replace").splitlines():
@@ -186,10 +161,10 @@ def run_speed(records: Sequence[EpochRecord], entry: RunEntry) -> float | None:
 
 def batch_figures(spec: TrainSpec, entry: RunEntry) -> dict[str, int | None]:
     """Batch, accumulation and effective batch as Ultralytics computes them (trainer: nbs / batch)."""
-    raw = spec.args.get("batch", DEFAULT_BATCH)
+    raw = spec.args.get("batch", ultralytics_default("batch"))
     requested = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1 else None
     used = entry.batch_used or requested
-    nbs = spec.effective_batch or _int_or_none(spec.args.get("nbs")) or DEFAULT_NBS
+    nbs = spec.effective_batch or _int_or_none(spec.args.get("nbs")) or ultralytics_default("nbs")
     accumulate = max(round(nbs / used), 1) if used else None
     return {
         "batch_requested": requested,

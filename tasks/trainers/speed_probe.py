@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.engine.decisions.cost import NodeSpeed
+from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.results import PhaseResult, TrainSpec
 
 PROBE_ITERATIONS = 6
@@ -23,8 +24,9 @@ PROBE_ITERATIONS = 6
 
 def probe_args(spec: TrainSpec, train_images: int, iterations: int) -> dict[str, Any]:
     """The phase's arguments cut to one epoch over ``iterations`` batches, nothing drawn or kept."""
-    batch = spec.args.get("batch", 16)
-    batch = batch if isinstance(batch, int) and batch > 0 else 16
+    default = ultralytics_default("batch")
+    batch = spec.args.get("batch", default)
+    batch = batch if isinstance(batch, int) and batch > 0 else default
     fraction = min(1.0, iterations * batch / max(train_images, 1))
     return {**spec.args, "epochs": 1, "fraction": fraction, "plots": False, "warmup_epochs": 0}
 

@@ -1,19 +1,11 @@
-"""The real trainer: Ultralytics training in a child process, streamed back one epoch at a time.
+"""The real trainer: Ultralytics training in a spawned child process, streamed back one epoch at a time.
 
-Why a child process: a flow that is cancelled, interrupted or killed must give the GPU back at
-once, and a CUDA context only dies with its process. The child (``tasks.trainers.ultra_child``) is
-spawned, reports through one queue, and is terminated (SIGTERM, then SIGKILL) whenever the
-parent stops waiting for any reason; if the parent itself is killed, the child notices and exits.
-
-Per-epoch flow: the child sends an ``EpochEvent``; the parent calls ``on_epoch(event)`` and
-answers the child before it starts the next epoch. ``on_epoch`` may raise ``StopTraining``:
-the child then stops after the current epoch, validates best.pt and the run ends with status
-``stopped`` and the given reason. Any other exception from ``on_epoch`` kills the child and
-propagates.
-
-Outcomes and errors: a child that reaches an outcome (completed, diverged, out of memory) returns a
-``PhaseResult``; a child that reports an exception raises ``TrainingError`` with the exception's own
-message, and a child killed by a signal raises ``ChildKilled``. The training's full output is in
+``UltralyticsTrainer().train(spec, on_epoch)`` starts ``tasks.trainers.ultra_child`` and answers each
+epoch before the next one starts: ``on_epoch`` raising ``StopTraining`` ends the run after that epoch
+(status ``stopped``). An outcome (completed, diverged, out of memory) is a ``PhaseResult``; an exception
+in the child raises ``TrainingError`` with its own message, a child killed by a signal ``ChildKilled``.
+The child is ended (SIGTERM, then SIGKILL) whenever the parent stops waiting, so a cancelled or killed
+flow gives the GPU back at once (a CUDA context dies only with its process). Full output:
 ``<run folder>/train.log``.
 """
 
@@ -61,7 +53,7 @@ class UltralyticsTrainer:
         """Run one training to the end and return its result; re-raises after killing the child."""
         from tasks.trainers.ultra_child import run_training
 
-        spec = continued(spec)
+        spec = continue_best_trial(spec)
         context = multiprocessing.get_context("spawn")
         messages = context.Queue()
         control = context.Queue()
@@ -71,7 +63,7 @@ class UltralyticsTrainer:
             name=spec.task_run_name,
         )  # not a daemon: Ultralytics' dataloader workers are processes of their own
         started = time.time()
-        outcome = Outcome(earlier_epochs(spec))
+        outcome = Outcome(records_already_trained(spec))
         with offline_environment():
             process.start()
         # The pid lets an operator (and the cancel test) see that the child ends with the flow run.
@@ -163,15 +155,15 @@ class Outcome:
         return tuple(self.records[e] for e in sorted(self.records))
 
 
-def continued(spec: TrainSpec) -> TrainSpec:
+def continue_best_trial(spec: TrainSpec) -> TrainSpec:
     """A search's full run that continues its best prefix trial: that trial's checkpoint and results.csv
     copied into the full run's folder, then resumed from there like an interrupted training.
 
     Done once: a full run interrupted later has its own last.pt, which the journal resumes from.
     """
-    if spec.continue_from is None or spec.resume_from is not None:
+    if spec.continue_checkpoint is None or spec.resume_checkpoint is not None:
         return spec
-    source = Path(spec.continue_from)
+    source = Path(spec.continue_checkpoint)
     if not source.is_file():
         raise TrainingError(spec.key, f"cannot continue the best trial: {source} does not exist", None)
     from flows.engine.fsutil import atomic_copy
@@ -182,17 +174,17 @@ def continued(spec: TrainSpec) -> TrainSpec:
         atomic_copy(source, last)
     if csv.is_file() and not (Path(spec.run_dir) / "results.csv").exists():
         atomic_copy(csv, Path(spec.run_dir) / "results.csv")
-    return spec.model_copy(update={"resume_from": last})
+    return spec.model_copy(update={"resume_checkpoint": last})
 
 
-def earlier_epochs(spec: TrainSpec) -> tuple[EpochRecord, ...]:
-    """Epochs an interrupted run finished before ``spec.resume_from``, from its results.csv.
+def records_already_trained(spec: TrainSpec) -> tuple[EpochRecord, ...]:
+    """Epochs an interrupted run finished before ``spec.resume_checkpoint``, from its results.csv.
 
     Ultralytics' resume trains (and reports) only the epochs after the checkpoint, so a resumed
     phase's history and ``epochs_done`` start from these rows. An epoch written to results.csv
     after the last checkpoint is trained again and its new record replaces the old one.
     """
-    if spec.resume_from is None:
+    if spec.resume_checkpoint is None:
         return ()
     csv = Path(spec.run_dir) / "results.csv"
     try:

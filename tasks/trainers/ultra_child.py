@@ -1,22 +1,11 @@
 """The child process side of ``UltralyticsTrainer``: one Ultralytics training run.
 
-Training runs in its own process (spawned, never forked: CUDA cannot be forked) so that a cancel
-or a kill of the flow ends it and gives the GPU back. Everything leaves this process through ONE
-queue of ``(kind, payload)`` messages, typed in ``tasks/trainers/messages.py``:
-
-- ``("epoch", EpochEvent)`` after each epoch; the child then WAITS for the parent's reply on the
-  control queue (``("continue",)`` or ``("stop", reason)``), so a stop decided on epoch N takes
-  effect before epoch N+1 starts: early stopping is deterministic;
-- ``("log", line)`` for Ultralytics' warnings (out-of-memory halvings, NaN recoveries, missing
-  labels...): what a person watching the run must see;
-- ``("result", ChildResult)`` once at the end, when training reached an outcome;
-- ``("error", ChildError)`` instead of a result when anything else raised.
-
-Everything the child prints — Ultralytics' whole log, its progress bars, the traceback of an
-error — goes to ``<run folder>/train.log``, not to the terminal or the flow run's log: those carry
-one line per epoch and the engine's own lines.
-
-Nothing heavy is imported at module level: the parent imports this module only to name the target.
+Spawned, never forked (CUDA cannot be), it talks to its parent through one queue of ``(kind, payload)``
+messages (``tasks/trainers/messages.py``): ``epoch`` after each epoch, after which it waits for the
+parent's ``continue`` or ``stop`` on the control queue, so a stop decided on epoch N takes effect before
+epoch N+1; ``log`` for Ultralytics' warnings a person must see; one ``result`` or ``error`` at the end.
+Everything it prints (Ultralytics' whole log, its traceback) goes to ``<run folder>/train.log``. Nothing
+heavy is imported at module level: the parent imports this module only to name the target.
 """
 
 from __future__ import annotations
@@ -33,6 +22,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from flows.engine.plan.devices import Devices, parse_devices
 
 ULTRALYTICS_CLIP_NORM = 10.0
 """The gradient norm Ultralytics 8.4 hard-codes in ``BaseTrainer.optimizer_step``."""
@@ -63,7 +54,7 @@ def run_training(spec_json: str, device: str | None, messages: Any, control: Any
 
         spec = TrainSpec.model_validate_json(spec_json)
         redirect_output(Path(spec.run_dir) / LOG_FILE)
-        channel.send("result", train(spec, device, channel).model_dump(mode="json"))
+        channel.send("result", train_ultralytics(spec, device, channel).model_dump(mode="json"))
     except BaseException as exc:
         traceback.print_exc()  # into train.log
         channel.send("error", error_of(exc).model_dump(mode="json"))
@@ -398,7 +389,7 @@ def make_trainer_class(session: Session) -> type:
             return recovered
 
         def final_eval(self) -> None:
-            keep_resumable_checkpoint(session.spec, Path(self.last))
+            keep_continue_checkpoint(session.spec, Path(self.last))
             self.final_validated = self.best.exists()
             self.in_final_eval = True
             try:
@@ -409,7 +400,7 @@ def make_trainer_class(session: Session) -> type:
     return FodDetectionTrainer
 
 
-def keep_resumable_checkpoint(spec: Any, last: Path) -> None:
+def keep_continue_checkpoint(spec: Any, last: Path) -> None:
     """A prefix trial keeps its last.pt as ``weights/continue.pt`` before Ultralytics strips it.
 
     Ultralytics' final evaluation strips last.pt (no optimizer, epoch -1: nothing left to resume); the
@@ -452,7 +443,7 @@ def train_args(spec: Any, device: str | None) -> dict[str, Any]:
     args: dict[str, Any] = dict(spec.args)
     if device is not None and args.get("device") in (None, ""):
         args["device"] = device
-    if "," in str(args.get("device") or ""):
+    if parse_devices(args.get("device")).several:
         raise ValueError(
             f"device={args['device']!r}: multi-GPU (DDP) training re-imports the trainer class in new "
             "processes and cannot use this run's trainer subclass; train on one GPU"
@@ -463,7 +454,7 @@ def train_args(spec: Any, device: str | None) -> dict[str, Any]:
     return args
 
 
-def train(spec: Any, device: str | None, channel: Channel) -> Any:
+def train_ultralytics(spec: Any, device: str | None, channel: Channel) -> Any:
     """Build the model, train it and return its outcome: completed, diverged or out of memory.
 
     Anything else that raises (a dataset that cannot be loaded, a missing file) propagates: it is an
@@ -471,21 +462,21 @@ def train(spec: Any, device: str | None, channel: Channel) -> Any:
     """
     from ultralytics import YOLO
 
-    from tasks.trainers.vram import PeakSampler, VramProbe, cuda_index
+    from tasks.trainers.vram import PeakSampler, VramProbe
 
     forward_ultralytics_warnings(channel)
     args = train_args(spec, device)
-    index = cuda_index(args.get("device"))
-    sampler = PeakSampler(VramProbe(index)).start() if index is not None else None
-    session = Session(spec, channel, sampler, _cuda_device(args.get("device")))
+    devices = parse_devices(args.get("device"))
+    sampler = PeakSampler(VramProbe(devices.index)).start() if devices.index is not None else None
+    session = Session(spec, channel, sampler, on_cuda(devices))
     status, reason = "completed", None
     model = None
     try:
-        if spec.resume_from:
+        if spec.resume_checkpoint:
             # Ultralytics reloads the run's own arguments from last.pt (ERRATA: only imgsz, batch, device…
             # may change on resume), so the interrupted phase continues exactly as it started.
             # save_dir: a search's full run resumes a copy of its best trial's checkpoint in its own folder.
-            model = YOLO(str(spec.resume_from))
+            model = YOLO(str(spec.resume_checkpoint))
             device_arg = {"device": args["device"]} if args.get("device") is not None else {}
             run_dir = str(Path(spec.run_dir).resolve())
             model.train(trainer=make_trainer_class(session), resume=True, save_dir=run_dir, **device_arg)
@@ -553,12 +544,11 @@ def evaluate_best(trainer: Any, spec: Any, args: dict[str, Any]) -> dict[str, An
     return evaluation.model_dump(mode="json")
 
 
-def _cuda_device(device: object) -> bool:
+def on_cuda(devices: Devices) -> bool:
     """True when training will run on CUDA."""
     import torch
 
-    text = str(device if device is not None else "").lower()
-    return torch.cuda.is_available() and text not in {"cpu", "mps"}
+    return torch.cuda.is_available() and devices.kind not in ("cpu", "mps")
 
 
 def child_result(

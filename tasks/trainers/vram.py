@@ -227,15 +227,3 @@ def gpu_tool_refusal(tool: str, doc: str) -> str | None:
         f"{tool} needs a CUDA GPU: {missing}. Nothing was measured. "
         f"Run it on a GPU machine: python benchmarks/{tool} --device 0 (see {doc})."
     )
-
-
-def cuda_index(device: object) -> int | None:
-    """The CUDA/NVML index of a single-GPU device string; None for cpu, mps or several GPUs.
-
-    One reading for the training child (which GPU NVML watches), the memory probe and the train task's
-    GPU slots."""
-    text = str(device if device not in (None, "") else "0").strip().lower()
-    if text in {"cpu", "mps"} or "," in text:
-        return None
-    text = text.removeprefix("cuda:").removeprefix("cuda") or "0"
-    return int(text) if text.isdigit() else None

@@ -1,27 +1,21 @@
-"""Check the files a run reads and writes before training: the dataset YAML, its images and
-labels, pretrained weights and the runs folder; and fingerprint the dataset.
+"""Check the files a run reads and writes before training: the dataset YAML, its images and labels,
+pretrained weights and the runs folder; and fingerprint the dataset.
 
-Ultralytics finds most dataset problems too, but only after the run has started (and on a
-GPU box, after a night's queueing), and it silently drops corrupt images or rewrites
-truncated JPEGs in place. This reads the same layout (images/… ↔ labels/…) and reports
-every problem at once.
-
-Images are opened with PIL (header and ``verify()``, no decoding of pixels): every image
-of a split up to ``MAX_IMAGES_CHECKED``, an evenly spaced sample of that many above it, so
-that a 100 000-image dataset is checked in seconds, not minutes.
+Every problem is reported at once, one ``Problem`` line each, before the run starts (Ultralytics finds
+most of them only after it has started). Images are opened with PIL (header and ``verify()``, no pixel
+decoding): every image of a split up to ``MAX_IMAGES_CHECKED``, an evenly spaced sample of that many
+above it. Why: docs/DATA.md.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
-import sys
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flows.engine.data.labels import label_path, read_label_files, unpatched_open
 from flows.engine.plan.problems import PlanError, Problem
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo"}
@@ -69,14 +63,6 @@ def load_data_yaml(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     return doc, []
 
 
-def class_count(doc: dict[str, Any]) -> int | None:
-    """Number of classes from ``nc`` or ``names``."""
-    if isinstance(doc.get("nc"), int) and not isinstance(doc.get("nc"), bool):
-        return int(doc["nc"])
-    names = doc.get("names")
-    return len(names) if isinstance(names, list | dict) else None
-
-
 def names_message(names: Any, nc: Any) -> tuple[str, str] | None:
     """(key, what is wrong) with ``names`` and ``nc``, or None: the first rule that fails."""
     listed = isinstance(names, list | dict)
@@ -106,34 +92,6 @@ def names_problems(doc: dict[str, Any], src: str) -> list[Problem]:
     return [Problem(src, *found)] if found else []
 
 
-def label_path(image: Path) -> Path:
-    """Ultralytics' rule: the last 'images' folder in the path becomes 'labels', suffix .txt."""
-    parts = list(image.parts)
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
-            break
-    return Path(*parts).with_suffix(".txt")
-
-
-def label_line_problem(line: str, nc: int) -> str | None:
-    """What is wrong with one label line (class cx cy w h, normalised), or None."""
-    fields = line.split()
-    if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
-        return f"{len(fields)} columns; a box label has 5 (class cx cy w h)"
-    try:
-        values = [float(v) for v in fields]
-    except ValueError:
-        return "non-numeric value"
-    cls = values[0]
-    if not cls.is_integer() or not 0 <= cls < nc:
-        return f"class id {fields[0]} is not an integer in [0, {nc - 1}] (nc = {nc})"
-    coords = values[1:]
-    if any(not math.isfinite(v) or v < 0 or v > 1.0001 for v in coords):
-        return "coordinates must be normalised to [0, 1]"
-    return None
-
-
 def image_problem(image: Path) -> str | None:
     """What is wrong with one image file (missing, empty, not an image, too small, truncated), or None.
 
@@ -157,17 +115,6 @@ def image_problem(image: Path) -> str | None:
         return "not an image (PIL cannot identify it)"
     except Exception as exc:  # PIL raises many kinds for corrupt data
         return f"corrupt image ({type(exc).__name__}: {exc})"
-
-
-def unpatched_open(image_module: Any) -> Callable[..., Any]:
-    """PIL's own ``Image.open``, even after Ultralytics has patched it.
-
-    Ultralytics replaces ``Image.open`` with a wrapper that, on a file PIL cannot identify,
-    tries to install and import ``pi-heif`` (HEIC support): a text file named ``.jpg`` would then
-    fail with "No module named 'pi_heif'" (or attempt a download) instead of "not an image".
-    """
-    patches = sys.modules.get("ultralytics.utils.patches")
-    return getattr(patches, "_image_open", image_module.open)
 
 
 def truncated_jpeg(image: Path) -> str | None:
@@ -200,21 +147,14 @@ def check_images(images: list[Path], src: str, split: str) -> list[Problem]:
 
 
 def check_labels(images: list[Path], nc: int, src: str, split: str) -> list[Problem]:
-    """Parse every label file of a split; report at most a few problems per split."""
+    """Read every label file of a split as Ultralytics will (``labels.read_label_files``); report the
+    first refused row of each file, at most a few problems per split."""
     problems: list[Problem] = []
-    for image in images:
-        lbl = label_path(image)
-        if not is_file(lbl):
-            continue  # Ultralytics treats an image without labels as background
-        try:
-            lines = lbl.read_text(encoding="utf-8-sig").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(src, split, f"{lbl}: unreadable label file ({exc})"))
-            continue
-        for n, line in enumerate(lines, start=1):
-            if line.strip() and (msg := label_line_problem(line, nc)):
-                problems.append(Problem(src, split, f"{lbl}:{n}: {msg}"))
-                break
+    files = [label_path(image) for image in images]
+    for lbl, labels in zip(files, read_label_files(files, nc), strict=True):
+        if labels.problem is not None:  # no file: an image without objects
+            line, message = labels.problem
+            problems.append(Problem(src, split, f"{lbl}{'' if line is None else f':{line}'}: {message}"))
         if len(problems) >= MAX_LABEL_PROBLEMS:
             problems.append(Problem(src, split, "more label problems not shown"))
             break

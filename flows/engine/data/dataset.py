@@ -1,19 +1,10 @@
 """One reading of a dataset YAML, the same for validation, every training and every resumed run.
 
-Ultralytics resolves a relative ``path:`` against the *current directory* (when that folder exists),
-not the YAML's folder, so ``path: .`` — common in exported and committed datasets — names different
-images depending on where a command was started, and a Prefect worker starts somewhere else again.
-This module reads the YAML as its author meant it:
-
-- ``path`` relative to the YAML's own folder (absent: the YAML's folder); ``~`` expanded;
-- ``train``/``val``/``test`` relative to that root: a folder, a ``.txt`` list of images (its relative
-  lines relative to the list's folder), or a list of either; Ultralytics' own fallback for
-  Roboflow exports (``../train/images`` that does not exist is read as ``train/images``) is kept;
-- every other key as Ultralytics reads it, passed through unchanged.
-
-The result is a ``ResolvedDataset``; ``write_dataset_copy`` writes it into the run folder as a YAML
-with absolute paths (and absolute image lists), and every training of the run reads that copy.
-The data fingerprint is computed from the resolved file list.
+``resolve_dataset(data_yaml)`` reads the YAML as its author meant it (``path`` relative to the YAML's own
+folder, where Ultralytics reads it against the current directory; ``train``/``val``/``test`` as folders,
+``.txt`` image lists or lists of either) into a ``ResolvedDataset``, with its images and problems;
+``write_dataset_copy`` writes it into the run folder with absolute paths, the copy every training of the
+run reads; the data fingerprint comes from the resolved file list. The rules: docs/DATA.md.
 """
 
 from __future__ import annotations
@@ -33,10 +24,10 @@ from flows.engine.data.checks import (
     check_labels,
     is_dir,
     is_file,
-    label_path,
     load_data_yaml,
     names_problems,
 )
+from flows.engine.data.labels import label_path
 from flows.engine.fsutil import write_text_once
 from flows.engine.plan.problems import Problem, errors_of
 

@@ -1,44 +1,29 @@
-"""A profile of the dataset's labels, made before any GPU time is spent, and the plan-sanity
-warnings it supports.
+"""A profile of the dataset's labels, made before any GPU time is spent, and the plan-sanity warnings it
+supports: large boxes for a model without its stride-32 (P5) head, train/val leakage, classes without
+validation instances.
 
-Why: the FOD plan's Phase 2 drops the stride-32 (P5) head on the claim that runway debris is
-under 64 px. That is a claim about the data, and a wrong one costs a night of training and a
-gate that judges the architecture on data the claim does not describe. The same labels also
-show train/val leakage (identical files in both splits: every metric optimistic) and classes
-without validation instances (their AP cannot be measured). All of it comes from label files
-and image headers, so it takes well under a second for a few hundred images.
-
-Box sizes are measured as Ultralytics trains on them: it resizes each image so that its
-longest side becomes ``imgsz`` (scale ``imgsz / max(W, H)``) and a label ``cls cx cy w h`` is
-normalised to the image, so a box's longest side at ``imgsz`` is
-``max(w·W, h·H) · imgsz / max(W, H)``. ``W, H`` are read from the image header only (no pixel
-decoding), swapped when the EXIF orientation says the image is stored rotated by 90°, as
-Ultralytics' ``exif_size`` does. Label rows are read as ``check_labels`` reads them: a row it
-would report is skipped (and counted); exact duplicate rows are counted once, as Ultralytics
-drops them; a polygon row counts as its bounding box, as Ultralytics converts it.
-
-Input is plain data: split name → image paths (the dataset resolution produces it), the class
-names, the training ``imgsz``, and per phase ``(name, imgsz, max_stride)``. The profile it returns
-(``DataProfile`` and its parts) is a record of ``records/profile.py``.
+``profile_dataset(splits, names, imgsz, phases)`` (split → image paths, the class names, the training
+``imgsz``, per phase ``(name, imgsz, max_stride)``) reads label files and image headers only and returns
+a ``DataProfile`` (``records/profile.py``); ``warning_problems`` turns its warnings into problem lines,
+``render_text`` and ``render_markdown`` show it. How box sizes are measured: docs/DATA.md.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations, pairwise
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from flows.engine.data.checks import label_line_problem, label_path, unpatched_open
+from flows.engine.data.labels import image_size, label_path, no_boxes, read_label_files
 from flows.engine.fsutil import atomic_write_bytes
 from flows.engine.plan.problems import Problem
 from flows.engine.records.profile import DataProfile, Leak, PhaseCheck, ProfileWarning, SplitProfile
@@ -89,25 +74,6 @@ class PhaseShape(NamedTuple):
 
 
 @dataclass
-class _Rows:
-    """One split's label rows as read: 5-column rows in bulk (checked later, all at once), the rest
-    already turned into boxes row by row."""
-
-    nc: int
-    tokens: list[str] = field(default_factory=list)
-    """The fields of every file whose rows all have 5 columns, one after the other."""
-    plain_files: list[int] = field(default_factory=list)
-    """Image index of each such file."""
-    plain_counts: list[int] = field(default_factory=list)
-    """Rows of each such file."""
-    checked: list[np.ndarray] = field(default_factory=list)
-    """Boxes (image index, class, w, h) of the files read row by row."""
-    missing: int = 0
-    invalid: int = 0
-    duplicates: int = 0
-
-
-@dataclass
 class _Tally:
     """The counts of one split (or of several together)."""
 
@@ -129,157 +95,29 @@ class _Tally:
         return self.sides * imgsz / self.longest
 
 
-def box_extent(coords: Sequence[float]) -> tuple[float, float]:
-    """(w, h) of a box row (cx cy w h) or of a polygon row's bounding box (x1 y1 x2 y2 …)."""
-    if len(coords) == 4:
-        return coords[2], coords[3]
-    xs, ys = coords[0::2], coords[1::2]
-    return max(xs) - min(xs), max(ys) - min(ys)
-
-
-def checked_boxes(rows: Sequence[Sequence[str]], nc: int, image: int, acc: _Rows) -> None:
-    """Row by row: skip what ``label_line_problem`` rejects, drop exact repeats, polygons as boxes."""
-    seen: set[tuple[float, ...]] = set()
-    boxes = []
-    for row in rows:
-        if label_line_problem(" ".join(row), nc):
-            acc.invalid += 1
-            continue
-        values = tuple(float(v) for v in row)
-        if values in seen:
-            acc.duplicates += 1
-            continue
-        seen.add(values)
-        boxes.append((image, values[0], *box_extent(values[1:])))
-    if boxes:
-        acc.checked.append(np.array(boxes, dtype=np.float64))
-
-
-def label_text(image: Path, acc: _Rows) -> str:
-    """The label file's text; empty when it is missing (counted) or unreadable (counted as invalid)."""
-    try:
-        return label_path(image).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        acc.missing += 1
-    except (OSError, UnicodeDecodeError):
-        acc.invalid += 1
-    return ""
-
-
-def oriented_size(image: Path) -> tuple[int, int] | None:
-    """(W, H) as Ultralytics sees the image (EXIF rotation applied), from the header; None if unreadable.
-
-    Ultralytics' ``exif_size`` swaps W and H when the orientation tag (274) is 5-8. A PNG keeps its
-    EXIF in ``info`` only when the chunk precedes the pixels; asking Pillow for more would decode the
-    image, so a later chunk is not looked at (Ultralytics' own call fails there and does not swap).
-    """
-    from PIL import Image
-
-    try:
-        with unpatched_open(Image)(image) as im:
-            width, height = im.size
-            if im.format == "PNG" and "exif" not in im.info:
-                return width, height
-            exif = im.tag_v2 if im.format == "TIFF" else im.getexif()
-            return (height, width) if exif.get(274) in {5, 6, 7, 8} else (width, height)
-    except Exception:  # PIL raises many kinds for a corrupt or missing file
-        return None
-
-
-def read_split(images: Sequence[Path], nc: int) -> tuple[_Rows, np.ndarray]:
-    """Every label file of a split, and (W, H) of every image with label rows (NaN: unreadable).
-
-    Rows are only split into fields here; numbers are parsed and checked for the whole split at
-    once by ``bulk_boxes``: per-file numpy calls would cost more than the parsing itself.
-    """
-    acc = _Rows(nc)
-    sizes = np.full((len(images), 2), np.nan)
-    for i, image in enumerate(images):
-        text = label_text(image, acc)
-        rows = [fields for line in text.splitlines() if (fields := line.split())]
-        if not rows:
-            continue
-        if all(len(fields) == 5 for fields in rows):
-            acc.tokens += text.split()  # the same fields: every line break is whitespace to split()
-            acc.plain_files.append(i)
-            acc.plain_counts.append(len(rows))
-        else:
-            checked_boxes(rows, nc, i, acc)
-        if (size := oriented_size(image)) is not None:
-            sizes[i] = size
-    return acc, sizes
-
-
-def parse_tokens(tokens: list[str], counts: Sequence[int]) -> np.ndarray:
-    """The 5-column rows as numbers; a file with a field numpy cannot parse gets NaN rows."""
-    try:
-        return np.array(tokens, dtype=np.float64).reshape(-1, 5)
-    except ValueError:
-        pass
-    values = np.full((len(tokens) // 5, 5), np.nan)
-    start = 0
-    for n in counts:
-        with contextlib.suppress(ValueError):  # a file left NaN is read row by row
-            chunk = tokens[5 * start : 5 * (start + n)]
-            values[start : start + n] = np.array(chunk, dtype=np.float64).reshape(-1, 5)
-        start += n
-    return values
-
-
-def valid_rows(values: np.ndarray, nc: int) -> np.ndarray:
-    """Per row: does it pass every test of ``label_line_problem`` (the same tests, vectorised)?"""
-    cls, coords = values[:, 0], values[:, 1:]
-    good_cls = (cls % 1 == 0) & (cls >= 0) & (cls < nc)
-    return good_cls & np.all(np.isfinite(coords) & (coords >= 0) & (coords <= 1.0001), axis=1)
-
-
-def drop_repeats(table: np.ndarray) -> tuple[np.ndarray, int]:
-    """Rows that equal an earlier row in every column removed, and how many (Ultralytics drops them)."""
-    if len(table) < 2:
-        return table, 0
-    ordered = table[np.lexsort(table.T[::-1])]
-    repeat = np.zeros(len(ordered), dtype=bool)
-    repeat[1:] = np.all(ordered[1:] == ordered[:-1], axis=1)
-    return ordered[~repeat], int(repeat.sum())
-
-
-def bulk_boxes(acc: _Rows) -> np.ndarray:
-    """Boxes (image index, class, w, h) of the 5-column files; files with a bad row go row by row."""
-    files = np.repeat(np.asarray(acc.plain_files, dtype=np.float64), acc.plain_counts)
-    values = parse_tokens(acc.tokens, acc.plain_counts)
-    bad_files = set(files[~valid_rows(values, acc.nc)].astype(int).tolist())
-    if bad_files:
-        starts = np.concatenate([[0], np.cumsum(acc.plain_counts)]).astype(int)
-        for k, image in enumerate(acc.plain_files):
-            if image in bad_files:
-                chunk = acc.tokens[5 * starts[k] : 5 * starts[k + 1]]
-                rows = [chunk[j : j + 5] for j in range(0, len(chunk), 5)]
-                checked_boxes(rows, acc.nc, image, acc)
-        keep = ~np.isin(files, list(bad_files))
-        files, values = files[keep], values[keep]
-    table, repeats = drop_repeats(np.column_stack([files, values]))
-    acc.duplicates += repeats
-    return table[:, [0, 1, 4, 5]]
-
-
 def tally_split(images: Sequence[Path], nc: int) -> _Tally:
     """Read a split's labels and image headers and count everything the profile shows."""
-    acc, sizes = read_split(images, nc)
-    plain = bulk_boxes(acc)  # may hand files with a bad row to the row-by-row reading
-    boxes = np.concatenate([plain, *acc.checked])
-    image, cls = boxes[:, 0].astype(np.intp), boxes[:, 1].astype(np.intp)
+    labels = read_label_files([label_path(image) for image in images], nc)
+    sizes = np.full((len(images), 2), np.nan)  # (W, H) of every image with label rows (NaN: unreadable)
+    for i, found in enumerate(labels):
+        if found.rows and (size := image_size(images[i])) is not None:
+            sizes[i] = size
+    boxes = np.concatenate([no_boxes(), *(found.boxes for found in labels)])
+    image = np.repeat(np.arange(len(labels)), [len(found.boxes) for found in labels])
+    cls = boxes[:, 0].astype(np.intp)
     with_boxes = np.unique(image)
     width, height = sizes[image, 0], sizes[image, 1]
     measured = np.isfinite(width)
     longest = np.maximum(width, height)[measured]
-    sides = np.maximum(boxes[measured, 2] * width[measured], boxes[measured, 3] * height[measured])
+    sides = np.maximum(boxes[measured, 3] * width[measured], boxes[measured, 4] * height[measured])
+    refused = [found for found in labels if found.problem is not None]
     return _Tally(
         images=len(images),
         empty=len(images) - len(with_boxes),
-        missing=acc.missing,
+        missing=sum(found.missing for found in labels),
         unreadable=int(np.count_nonzero(np.isnan(sizes[with_boxes, 0]))),
-        invalid=acc.invalid,
-        duplicates=acc.duplicates,
+        invalid=sum(found.rows or 1 for found in refused),  # an unreadable label file counts once
+        duplicates=sum(found.duplicates for found in labels),
         instances=np.bincount(cls, minlength=nc),
         with_class=np.bincount(np.unique(image * nc + cls) % nc, minlength=nc),
         sides=sides,

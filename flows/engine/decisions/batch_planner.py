@@ -1,23 +1,11 @@
 """The VRAM batch planner: the largest batch whose measured peak stays under a budget, same effective batch.
 
-Why: the plan picks batches by hand ("6 fits", "8-10 should fit"). Guessing low wastes the card;
-guessing high costs an out-of-memory restart hours into a run. Ultralytics' AutoBatch aims at a
-fraction of the card, knows nothing of the plan's budget (18 GB in Phase 1, 20 GB in Phase 2) and
-ignores accumulation, so the effective batch, and with it the tuned learning rate, moves silently.
-
-This module is the pure part: the search over a ``MemoryProbe`` (the hardware boundary:
-``tasks/trainers/memory_probe.py`` on CUDA, a small fake in tests), the accumulation arithmetic
-Ultralytics applies, and the text of its records. The settings a user writes under a phase
-(``BatchPlanSettings``) and their plan checks are ``plan/batch_settings.py``; the frozen records of
-every measurement, the fit and the choice (``BatchPlan``), which the phase result carries, are
-``records/batch_plan.py``. No torch, no Prefect, no GPU.
-
-The search, in short: measure the smallest allowed batch (if it does not fit, stop: a clear failure
-before training); then pick each next candidate from a straight line through measured points
-(interpolating between the largest batch that fits and the smallest that does not, or extrapolating
-from the two largest that fit), with doubling and bisection as guards against step-shaped memory
-curves; every candidate is really measured, so the largest fitting batch is always a measured one,
-never a prediction. Memory is assumed not to decrease with the batch.
+The pure part: ``plan_batch(settings, probe, fixed_batch=..., effective_batch=...)`` searches over a
+``MemoryProbe`` (the hardware boundary: ``tasks/trainers/memory_probe.py`` on CUDA, a fake in tests)
+and returns a ``BatchPlan`` (``records/batch_plan.py``): every candidate is measured, so the batch chosen
+is never a prediction. ``accumulation_for`` is the accumulation Ultralytics applies, ``render_batch_plan``
+the record's text. The settings and their checks are ``plan/batch_settings.py``. Why and how it
+searches: docs/VRAM_PLANNER.md. No torch, Prefect or GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from flows.engine.plan.batch_settings import BatchPlanSettings, PlanFigure
+from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.batch_plan import (
     Accumulation,
     BatchPlan,
@@ -35,9 +24,6 @@ from flows.engine.records.batch_plan import (
     ProbeStep,
     StepReason,
 )
-
-ULTRALYTICS_NBS = 64
-"""Ultralytics' default nominal batch size, used when a phase declares no effective batch."""
 
 
 class MemoryProbe(Protocol):
@@ -55,14 +41,6 @@ class MemoryProbe(Protocol):
 FIRST: StepReason = "first"
 
 
-class PlanningFailed(Exception):
-    """Raised by ``require_batch`` when the budget is below the smallest batch: no training may start."""
-
-    def __init__(self, plan: BatchPlan) -> None:
-        super().__init__(plan.reason)
-        self.plan = plan
-
-
 # ---------------------------------------------------------------- accumulation
 
 
@@ -74,13 +52,13 @@ def accumulation_for(batch: int, effective_batch: int | None) -> Accumulation:
     """
     if batch < 1:
         raise ValueError(f"batch must be ≥ 1, got {batch}")
-    nbs = effective_batch if effective_batch is not None else ULTRALYTICS_NBS
+    nbs = effective_batch if effective_batch is not None else ultralytics_default("nbs")
     accumulate = max(round(nbs / batch), 1)
     product = batch * accumulate
     exact = product == nbs
     note = ""
     if effective_batch is None:
-        note = f"no effective_batch declared: Ultralytics' nbs {ULTRALYTICS_NBS} gives {batch} × {accumulate}"
+        note = f"no effective_batch declared: Ultralytics' nbs {nbs} gives {batch} × {accumulate}"
     elif not exact:
         note = (
             f"batch {batch} cannot keep the effective batch {nbs} exactly: Ultralytics accumulates "
@@ -272,13 +250,6 @@ def plan_batch(
         if search.done():
             return chosen(start, search, effective_batch)
         batch, why = search.next_candidate()
-
-
-def require_batch(plan: BatchPlan) -> int:
-    """The batch to train with; raises ``PlanningFailed`` (with the one-line reason) when there is none."""
-    if plan.batch is None:
-        raise PlanningFailed(plan)
-    return plan.batch
 
 
 def unusable(step: ProbeStep, settings: BatchPlanSettings, where: str) -> str | None:

@@ -1,17 +1,10 @@
 """What every branch of a plan costs before it starts: epochs and GPU-hours, best and worst case, and the
-most that early gate decisions and pruning can save.
+most that early gate decisions and pruning can save (what ``--dry-run`` prints).
 
-Epochs come from the plan (``resolve.planned_epochs``). Hours need seconds per epoch for each node, from
-a measured throughput: an earlier finished run of the same plan (its records' clocks, validation
-included), or a probe that trains a few iterations of each phase on the real data and device
-(``tasks/trainers/speed_probe.py``). Without either, only epochs are given.
-
-"At most saved" is a bound, not a forecast: on a branch that leaves a gate by its *fail* edge, the gate's
-subject could stop at the first epoch its early-decision policy may decide (a VRAM bound from epoch 1, a
-speed-up once stable, a metric from 30 % of the schedule); a search with a pruner could stop every
-trial but one at its first rung; a winner that continues from its checkpoint skips the epochs it
-already trained. A branch that passes a gate trains its subject in full.
-
+``branch_costs(plan, force, speeds)`` prices every branch, ``describe_costs`` says it. Hours need seconds
+per epoch for each node, from an earlier finished run of the same plan (its records' clocks) or from a
+probe of a few iterations on the real data and device (``tasks/trainers/speed_probe.py``); without
+either, only epochs. "At most saved" is a bound, not a forecast (docs/EARLY_DECISIONS.md).
 Pure: no Prefect, torch or GPU.
 """
 
@@ -117,10 +110,10 @@ def cheapest_epochs(plan: Plan, path: Sequence[str], node: str, force: dict[str,
     lost = fails_gate_on(plan, path, node)
     if isinstance(target, SearchNode):
         from flows.engine.plan.resolve import trial_args
-        from flows.engine.plan.search_rules import fewest_epochs
+        from flows.engine.plan.search_rules import fewest_epochs, trial_count
 
-        trials = target.design.n_trials or target.design.max_trials
-        full = int(trial_args(plan, node, {}, force, full=True).get("epochs", 100))
+        trials = trial_count(target.design)
+        full = int(trial_args(plan, node, {}, force, full=True)["epochs"])
         full_min = full - target.trial_epochs if target.full_run == "continue" else full
         if lost is not None:
             full_min = min(full_min, earliest_stop(lost, full))

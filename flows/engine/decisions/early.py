@@ -1,20 +1,11 @@
 """Early gate decisions: stop a running phase once the gate that will judge it can no longer pass.
 
-After every epoch ``decide`` asks of each condition of the judging gate whether it is already lost, and
-only ever answers "lost" (never "passed": stopping makes the phase incomplete, so a gate that requires
-``completed`` is never passed early). VRAM over its bound and a speed-up that cannot be reached are
-settled by their nature; a metric is lost when an upper bound on the gate's figure, taken at a stated
-risk, is below the minimum:
-
-    bound = best so far + quantile × headroom(curve so far)
-
-``headroom`` is the curve's own measure of what the rest of the schedule may add (its recent rise
-extrapolated, its epoch-to-epoch noise, the share of the schedule left, mosaic-off epochs ahead), and
-``quantile`` a split-conformal quantile, at the policy's risk, of how many headrooms real curves still
-rose after each decision epoch. The rule's form, its calibration on real runs of public repositories
-and its figures on runs of other repositories are in docs/EARLY_DECISIONS.md.
-
-Pure: numpy and pydantic; no Prefect, torch or GPU; nothing happens at import time.
+``tracker_for(spec.early)`` gives the ``EarlyTracker`` a training's ``on_epoch`` feeds; it raises
+``StopTraining`` when ``decide`` finds a condition of the judging gate already lost: VRAM over its bound,
+a speed-up that cannot be reached, or a metric whose upper bound at the policy's risk,
+``best so far + quantile × headroom(curve so far)``, is below the minimum. It only ever answers "lost",
+never "passed". The rule, its calibration (``benchmarks/early_calibration.py``, which produced the
+constants below) and its figures: docs/EARLY_DECISIONS.md. Pure: numpy and pydantic.
 """
 
 from __future__ import annotations
@@ -30,8 +21,8 @@ from pydantic import Field
 from flows.engine.base import Frozen
 from flows.engine.decisions.monitors import StopTraining
 from flows.engine.plan.schema import (
-    EarlyDecisions,
     EarlyPolicy,
+    EarlySettings,
     GateNode,
     MetricCheck,
     MetricName,
@@ -41,6 +32,7 @@ from flows.engine.plan.schema import (
     TrainNode,
     VramCheck,
 )
+from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.results import (
     EarlyCheck,
     EarlyDecision,
@@ -50,8 +42,8 @@ from flows.engine.records.results import (
 )
 from flows.engine.records.results_csv import epoch_durations
 
-DEFAULT_CLOSE_MOSAIC = 10
-"""Ultralytics' ``close_mosaic``: mosaic augmentation is switched off for the last 10 epochs."""
+DEFAULT_CLOSE_MOSAIC: int = ultralytics_default("close_mosaic")
+"""Ultralytics' default ``close_mosaic``: mosaic augmentation is switched off for the last 10 epochs."""
 
 
 class HeadroomTerms(NamedTuple):
@@ -308,7 +300,7 @@ def speedup_lost(
     cond: SpeedupCheck,
     history: Sequence[EpochEvent],
     reference: Mapping[str, float | None],
-    settings: EarlyDecisions,
+    settings: EarlySettings,
 ) -> Lost | None:
     """Lost when the stable speed-up is below the minimum by more than the plan's tolerance."""
     speedup = speedup_so_far(history, reference.get(cond.vs), settings.speed_after_epochs)

@@ -1,35 +1,12 @@
 """One search node's trials as an Optuna study: hand out trials, take their epochs, prune, pick the best.
 
-Why a study: Optuna keeps every trial's point, state and per-epoch values in a storage that several
-processes can share, and its pruners decide from exactly those values. So the search resumes after a
-kill with its finished trials kept, the interrupted one is handed out again under the same number (its
-folder ``trial-NN`` and ``last.pt`` are found again), and any process that trains a trial can report its
-epochs into the study and learn whether to stop.
-
-Flow (the walk owns the study; the train task's epoch callback only reports):
-
-- :meth:`SearchStudy.open` creates or loads the study (``load_if_exists``), checks that an existing one
-  was made for the same space and design, and enqueues a fixed design's points once, in design order, so
-  that trial number N is design point N. A sampler design (tpe, qmc, gp) asks Optuna's seeded sampler
-  for each trial instead.
-- :meth:`SearchStudy.next_trial` hands out an interrupted (RUNNING) trial first, then the next enqueued
-  point (Optuna pops it atomically: two workers never get the same one), or a sampler's point within
-  the budget; None when the search has nothing left to train.
-- :class:`TrialReporter` (built from a :class:`TrialHook`, in whatever process trains the trial)
-  reports each epoch and returns a stop reason when the pruner says so, or at ``trial_epochs`` for a
-  prefix trial. :meth:`SearchStudy.report` is the same call for code that holds the study.
-- :meth:`SearchStudy.finish` ends a trial (complete, pruned or failed); :meth:`SearchStudy.best` picks the
-  best completed trial by its final value, first on ties, saying whether every trial tied.
-
-Storage: by default an SQLite file (Optuna's RDB storage) in the search's folder of the run. SQLite
-writes are transactions, so a kill -9 mid-write loses at most that write and never corrupts the file;
-several processes on one machine may write at once (each waits for the file lock, up to
-``SQLITE_TIMEOUT_S``). SQLite's locking is not safe on NFS: a run folder there should use
-``storage: journal`` (Optuna's append-only journal file with its NFS-safe lock file; a line torn by a
-kill is cut before the journal is reopened, see :func:`repair_journal`); several machines use a
-PostgreSQL URL. docs/SEARCH.md has the comparison.
-
-Pure logic: Optuna (the kept library for search and pruning) is imported inside functions.
+The walk owns the study: ``SearchStudy.open(study_config(node, ...))`` creates or loads it (a fixed
+design's points are enqueued once, in order: trial N is design point N), ``next_trial`` hands out an
+interrupted trial first (to resume, under its own number), then the next point, ``finish`` ends a trial
+and ``best`` picks the best completed one. Whatever process trains a trial reports its epochs through a
+``TrialReporter`` built from its ``TrialHook``, which says when the pruner stops it. Storage: an SQLite
+file in the search's folder by default, ``journal`` on NFS, a database URL across machines; why, and
+what survives a kill: docs/SEARCH.md. Optuna is imported inside functions.
 """
 
 from __future__ import annotations
@@ -50,6 +27,7 @@ from pydantic import Field
 
 from flows.engine.base import Frozen
 from flows.engine.plan.schema import SearchNode
+from flows.engine.plan.search_rules import trial_count
 from flows.engine.plan.search_settings import (
     ENV_REF,
     LEVEL_SUFFIX,
@@ -118,7 +96,7 @@ class StudyConfig(Frozen):
     @property
     def budget(self) -> int:
         """Trials a sampler design asks for (a fixed design trains all its points)."""
-        return self.n_trials or self.max_trials
+        return trial_count(self)
 
     def hook(self, number: int) -> TrialHook:
         """The hook of trial ``number`` for its TrainSpec."""
@@ -152,7 +130,7 @@ class TrialTicket(Frozen):
     number: int
     point: dict[str, Any]
     resumed: bool = False
-    """True for an interrupted trial handed out again: continue it from its own last.pt."""
+    """True for an interrupted trial handed out again: resume it from its own last.pt."""
     epochs_done: int = 0
     """Epochs it had reported before the interruption."""
     hook: TrialHook
@@ -473,12 +451,6 @@ class SearchStudy:
         self.study.tell(number, state=_optuna().trial.TrialState.FAIL)
 
     # ---------------------------------------------------------------- report and finish
-    def report(self, number: int, epoch: int, value: float | None) -> bool:
-        """Report a trial's epoch; True when the pruner says stop (see :func:`report_epoch`)."""
-        return report_epoch(
-            self.study, self.storage, self._trial_id(number), epoch, value, self.config.hook(number)
-        )
-
     def finish(
         self,
         number: int,
@@ -514,7 +486,7 @@ class SearchStudy:
         return self._record(self.storage.get_trial(trial_id))
 
     def finish_result(self, number: int, result: PhaseResult) -> TrialRecord:
-        """End a trial from the trainer's result, scored as ``walk.score`` does (diverged or failed: none)."""
+        """End a trial from the trainer's result: the one place a trial is scored (diverged, failed: none)."""
         failed = result.status == "failed" or result.diverged
         return self.finish(
             number,
@@ -666,7 +638,7 @@ def record_of(trial: optuna.trial.FrozenTrial) -> TrialRecord:
 
 
 def best_of(records: Sequence[TrialRecord]) -> BestTrial | None:
-    """The best completed trial, first (lowest number) on ties, as ``walk.pick_best`` chooses."""
+    """The best completed trial, first (lowest number) on ties: the one choice of a search's winner."""
     scored = [r for r in records if r.state == "complete" and r.value is not None]
     if not scored:
         return None
@@ -693,12 +665,3 @@ def savings_of(
         phase_epochs=used + full,
         seed_epochs=len(records) * trial_epochs + full_epochs,
     )
-
-
-def trial_table(records: Sequence[TrialRecord], metric: str) -> list[str]:
-    """The report's trial table (markdown): number, state, epochs, value, point."""
-    lines = [f"| trial | state | epochs | {metric} | point |", "|---|---|---|---|---|"]
-    for r in records:
-        point = ", ".join(f"{k} {v}" for k, v in r.point.items())
-        lines.append(f"| {r.number} | {r.label} | {r.epochs} | {_show(r.value)} | {point} |")
-    return lines

@@ -6,19 +6,23 @@ flow, plain calls in tests), so this walk is the same code whatever runs the pha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flows.engine.config import RunConfig
 from flows.engine.data.dataset import DATASET_COPY
 from flows.engine.decisions.early import judging_gate, reference_speeds
 from flows.engine.decisions.gates import evaluate_gate
-from flows.engine.plan.sampling import describe_design, sample_trials
+from flows.engine.plan.sampling import describe_design
 from flows.engine.plan.schema import GateNode, SearchNode, TrainNode
 from flows.engine.plan.search_settings import TrialWorkers
+from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.results import EarlyRule, GateResult, PhaseResult, RunRef, TrainSpec, TrialRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flows.engine.decisions.study import BestTrial
 
 
 class Executor(Protocol):
@@ -85,7 +89,7 @@ def early_rule(
         gate_name=name,
         gate=gate,
         reference_images_per_s=reference_speeds(gate, results),
-        close_mosaic=int(args.get("close_mosaic", 10) or 0),
+        close_mosaic=int(args.get("close_mosaic", ultralytics_default("close_mosaic")) or 0),
     )
 
 
@@ -104,7 +108,7 @@ def spec_for(
     assert isinstance(node, TrainNode | SearchNode)
     return TrainSpec(
         **ref.model_dump(),
-        plan=cfg.plan.plan,
+        plan=cfg.plan.name,
         model=cfg.model_of(ref.node),
         pretrained=cfg.pretrained_of(ref.node),
         data=run_dir / DATASET_COPY,
@@ -141,43 +145,16 @@ def search_spec(
     return spec_for(cfg, run_dir, ref, cfg.trial_args_for(node, point, full=full), results)
 
 
-def score(result: PhaseResult, metric: str) -> float | None:
-    """A trial's score; diverged or failed trials have none."""
-    if result.diverged or result.status == "failed":
-        return None
-    return result.metrics.get(metric)
-
-
-def pick_best(trials: Sequence[PhaseResult], metric: str) -> PhaseResult | None:
-    """The best trial by ``metric`` (first on ties), or None when no trial has a score."""
-    scored = [(s, i, t) for i, t in enumerate(trials) if (s := score(t, metric)) is not None]
-    if not scored:
-        return None
-    return max(scored, key=lambda item: (item[0], -item[1]))[2]
-
-
-def all_tie(trials: Sequence[PhaseResult], metric: str) -> bool:
-    """True when two or more trials have a score and every score is the same (no setting is better)."""
-    scores = {score(t, metric) for t in trials} - {None}
-    return len(scores) == 1 and sum(score(t, metric) is not None for t in trials) > 1
-
-
-def search_points(node: SearchNode) -> list[dict[str, Any]]:
-    """The trials' points, chosen as the node's design says."""
-    d = node.design
-    return sample_trials(node.space, d.method, d.max_trials, seed=d.seed, n_trials=d.n_trials)
-
-
-def best_note(name: str, metric: str, best: PhaseResult, point: dict, *, tied: int = 0) -> str:
-    """What the report says about the choice: the best trial, or that ``tied`` trials (all of them) tie."""
-    value = score(best, metric)
-    shown = "n/a" if value is None else f"{value:.4f}"
-    if tied > 1:
+def best_note(name: str, metric: str, best: BestTrial) -> str:
+    """What the report says about the choice: the best trial, or that every trial scored the same."""
+    trial = best.trial
+    shown = "n/a" if trial.value is None else f"{trial.value:.4f}"
+    if best.all_tie:
         return (
-            f"{name}: all {tied} trials tie at {metric} {shown}: no point is better than another; "
-            f"the first, trial {best.trial} {point}, is trained in full"
+            f"{name}: all {best.scored} trials tie at {metric} {shown}: no point is better than another; "
+            f"the first, trial {trial.number} {trial.point}, is trained in full"
         )
-    return f"{name}: best trial {best.trial} ({metric} {shown}): {point}"
+    return f"{name}: best trial {trial.number} ({metric} {shown}): {trial.point}"
 
 
 def design_line(name: str, node: SearchNode) -> str:
@@ -259,12 +236,11 @@ def run_search(
     if best is None:
         return PhaseResult(node=name, role="full", status="failed", reason="no trial completed with a score")
     winner = best.trial
-    tied = best.scored if best.all_tie else 0
-    state.notes.append(best_note(name, node.select, results[winner.number], winner.point, tied=tied))
+    state.notes.append(best_note(name, node.select, best))
     full = search_spec(cfg, run_dir, name, winner.point, None, state.results)
     if node.full_run == "continue":
         trial_dir = phase_dir(run_dir, RunRef(node=name, role="trial", trial=winner.number))
-        full = full.model_copy(update={"continue_from": trial_dir / CONTINUE_CHECKPOINT})
+        full = full.model_copy(update={"continue_checkpoint": trial_dir / CONTINUE_CHECKPOINT})
     state.notes.append(f"{name}: {study.savings(full_epochs=full.epochs, full_run=node.full_run).note()}")
     return ex.train(full)
 

@@ -7,7 +7,5 @@
 - ``evaluation``: how a gate judges a figure of a phase's ``Evaluation``;
 - ``render``: report tables, the bucket chart, model-card lines.
 
-The plan's ``evaluation`` settings (size buckets, confidence level) and their checks are
-``plan/buckets.py``; the records (``Evaluation``, ``MetricIntervals``, ``SizeReport``) are
-``records/evaluation.py``. Nothing here imports torch, Ultralytics or Prefect; nothing happens at import time.
+Settings: ``plan/buckets.py``; records: ``records/evaluation.py``; docs/EVALUATION.md. No torch or Prefect.
 """

@@ -1,22 +1,10 @@
 """Ultralytics' detection metrics (precision, recall, mAP50, mAP50-95) in plain numpy.
 
-Why a copy: the gates read Ultralytics' own figures, and their confidence intervals recompute those
-figures on resampled validation sets many times; the engine must import without torch, so it cannot
-call ``ultralytics.utils.metrics.ap_per_class``. This module is that function, line for line (8.4),
-minus the plots, and the tests check it gives the same numbers as Ultralytics on real and random stats.
-
-How Ultralytics turns matches into figures (worth knowing when reading a gate):
-
-- Per class with labels: predictions sorted by confidence (``np.argsort(-conf)``); cumulative TP/FP
-  give recall and precision curves at each of the 10 IoU thresholds 0.50:0.95.
-- AP: the precision envelope (running maximum from the right), interpolated LINEARLY at 101 recall
-  points and integrated with the trapezoid rule (COCO instead takes the envelope as a step function and
-  averages the 101 points). A perfect detector gets 0.995, not 1.0: the envelope drops to 0 at recall 1.
-- P and R are not taken at a fixed confidence: the mean-over-classes F1 curve is sampled at 1000
-  confidences in [0, 1], box-smoothed (width 0.1), and P and R of every class are read at its maximum.
-- mAP50 and mAP50-95 are means over the classes that have labels; P and R likewise.
-
-Pure: numpy only.
+``ap_per_class`` is ``ultralytics.utils.metrics.ap_per_class`` (8.4) line for line, minus the plots: the
+confidence intervals recompute the gated figures on many resampled validation sets, and the engine must
+import without torch. The tests check it gives Ultralytics' numbers on real and random stats. How
+Ultralytics turns matches into figures (AP interpolated at 101 recall points, P and R at the maximum of
+the mean F1 curve): docs/EVALUATION.md. Pure: numpy only.
 """
 
 from __future__ import annotations

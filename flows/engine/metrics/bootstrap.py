@@ -1,19 +1,10 @@
 """How sure a gated figure is: a seeded bootstrap over validation images, from the per-image matches.
 
-Why: two trainings of one setting differ by about as much as the plan's margins, so "0.9152 ≥ 0.915"
-decides by luck unless the gate also says how much the figure would move on another validation set of
-the same kind. The bootstrap answers that without running the model again: Ultralytics' validator
-keeps, per image, which predictions are true positives at each IoU threshold (``tp``), their
-confidence and class, and the classes of the labels. A resample draws as many images as the set has,
-with replacement; its figures are Ultralytics' figures (``ap.ap_per_class``) of the predictions and
-labels of the drawn images, each image counted as often as drawn. The interval is the percentile
-interval of those figures at the plan's confidence level.
-
-Speed: the predictions are sorted by confidence once. A resample repeats each prediction as often as
-its image was drawn, which keeps that order, so no resample sorts again; each costs one pass over about
-as many predictions as the set has (linear, vectorised). See docs/EVALUATION.md for measured times.
-
-Pure: numpy and pydantic.
+``MatchStats.from_images`` takes what Ultralytics' validator keeps per image (``tp`` at each IoU
+threshold, confidences, predicted and label classes); ``bootstrap_intervals`` resamples the images with
+replacement, computes Ultralytics' figures (``ap.py``) of each resample without running the model again
+(predictions sorted once: a resample keeps that order), and returns each gated figure's percentile
+interval at the plan's confidence. Method and measured times: docs/EVALUATION.md. Pure: numpy, pydantic.
 """
 
 from __future__ import annotations
@@ -69,26 +60,6 @@ class MatchStats:
             target_cls=concat([np.atleast_1d(np.asarray(im["target_cls"])) for im in images], int),
             target_image=np.repeat(ids, targets),
             n_images=len(images),
-        )
-
-    def resampled(self, counts: np.ndarray) -> MatchStats:
-        """The explicit resample: image i's predictions and labels repeated ``counts[i]`` times.
-
-        Slow and simple; the reference the fast path is tested against.
-        """
-        drawn = np.repeat(np.arange(self.n_images), counts)
-        pred_rows = [np.flatnonzero(self.pred_image == i) for i in drawn]
-        label_rows = [np.flatnonzero(self.target_image == i) for i in drawn]
-        p = concat(pred_rows, int)
-        t = concat(label_rows, int)
-        return MatchStats(
-            tp=self.tp[p],
-            conf=self.conf[p],
-            pred_cls=self.pred_cls[p],
-            pred_image=np.repeat(np.arange(len(drawn)), [len(r) for r in pred_rows]),
-            target_cls=self.target_cls[t],
-            target_image=np.repeat(np.arange(len(drawn)), [len(r) for r in label_rows]),
-            n_images=len(drawn),
         )
 
     def summary(self) -> Summary:

@@ -1,31 +1,10 @@
 """COCO's per-image matching and its accumulation, in numpy, for bootstrapping the per-size figures.
 
-Why this exists next to a maintained evaluator: the figures per bucket and per class are
-faster-coco-eval's (``sizes.py``). Their confidence intervals need COCO's per-image results (which
-detection matched, which is ignored, at each IoU threshold and size range) to resample images, and
-faster-coco-eval keeps those inside opaque C++ objects; its own accumulation, re-run on resampled
-lists of them, costs 0.2–0.7 s per resample at 3,000 images (measured, docs/EVALUATION.md), i.e. 3–12
-minutes for 1,000 resamples. So the matching (``evaluateImg``) and the accumulation (``accumulate``) of
-pycocotools are rewritten here for bounding boxes, and ``sizes.py`` checks, on every evaluation, that
-this code reproduces the evaluator's figures on the observed set before it reports any interval (the
-tests check it on real and synthetic sets too).
-
-Rules reproduced (pycocotools ``COCOeval``, bbox, no crowd boxes):
-
-- per image and class, detections sorted by score (stable) and cut at ``max_det``; ground truth
-  outside the size range is ``ignore`` and sorted after the rest;
-- per IoU threshold, each detection in score order takes the unmatched ground truth of highest IoU ≥
-  the threshold, preferring ones not ignored (ties: the later one); a detection matched to an ignored
-  object is ignored, and so is an unmatched detection whose own size is outside the range;
-- accumulation over images: detections of all images sorted by score (stable), precision envelope,
-  precision read at 101 recall points (``searchsorted``, left), recall = matched / objects.
-
-A resample repeats each image as often as drawn; as in ``bootstrap.py`` only true-positive points
-decide COCO's precision at the recall points (the first point at or above a recall level is always
-a true positive, and false positives only lower precision), and the first and last copy of each stand
-for all its copies.
-
-Pure: numpy only.
+faster-coco-eval (``sizes.py``) gives the figures per bucket and class but keeps its per-image results
+in opaque C++ objects, too slow to accumulate again for every resample. So pycocotools' matching
+(``evaluateImg``) and accumulation are rewritten here for boxes (``CocoResampler``), and ``sizes.py``
+reports an interval only when this code reproduces the evaluator's figures on the observed set. The
+rules reproduced and the measured times: docs/EVALUATION.md. Pure: numpy only.
 """
 
 from __future__ import annotations

@@ -1,32 +1,16 @@
 """Accuracy by object size and by class: COCO-style evaluation of one validation's predictions.
 
-The figures (AP50-95, AP50 and recall, per size bucket, per class and per class × bucket) come from a
-maintained COCO evaluator, faster-coco-eval (already a dependency of Ultralytics, which runs it for
-COCO/LVIS itself; the C++ port of pycocotools, same numbers, fast enough for thousands of images with
-hundreds of predictions each, where pycocotools' pure-Python matching takes minutes).
-
-Sizes are measured in pixels of the ORIGINAL image: ground truth from the YOLO label files times the
-image size, predictions as Ultralytics exports them (``predictions.json``: boxes scaled back to the
-original image). A bucket is a COCO area range: each box gets ``area`` = (longest side)² (or w×h for
-COCO's own rule) on ground truth AND detections, and the range of bucket ``[lo, hi)`` is ``[lo², hi²)``.
-faster-coco-eval reads that ``area`` for both (a ground truth outside the range is ignored, an
-unmatched detection outside it too), which the tests check with elongated boxes whose longest side
-and area fall in different buckets. ``loadRes`` overwrites a detection's area with w×h, so the area is
-set after it.
-
-Recall is COCO's: the fraction of the bucket's objects that some detection (conf ≥ the validation's
-``conf``, at most ``max_det`` per image) matches at IoU ≥ 0.50; not recall at an operating point.
-
-Intervals come from ``coco_resample`` (COCO's matching in numpy, resampled like the overall figures,
-on the same seeded resamples); they are only reported when that code reproduces the evaluator's
-figures on the observed set to 1e-9 (``SizeReport.reproduced``).
-
-Pure: numpy, pydantic; PIL and faster-coco-eval imported inside the functions that need them.
+``evaluate_sizes(gt, predictions, settings)`` gives AP50-95, AP50 and recall per size bucket, per class
+and per class × bucket from faster-coco-eval (the C++ port of pycocotools that Ultralytics itself runs),
+sizes in pixels of the original image: every ground-truth box and detection gets the bucket measure as
+its COCO ``area``. Intervals come from ``coco_resample``, reported only when it reproduces the
+evaluator's figures on the observed set (``SizeReport.reproduced``). ``read_ground_truth`` and
+``predictions_from_records`` build the inputs. docs/EVALUATION.md. PIL and faster-coco-eval are
+imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flows.engine.data.labels import image_size, label_path, read_labels
 from flows.engine.metrics.bootstrap import percentile_interval, resample_counts
 from flows.engine.metrics.coco_resample import CocoResampler, ImageInput, cell_figures
 from flows.engine.plan.buckets import EvaluationSettings, Measure, SizeBucket
@@ -46,9 +31,6 @@ SIZE_DECIMALS = 6
 """Box sides are rounded to 1e-6 px before bucketing, so that a 16 px box computed as 15.999999999999998
 from normalised labels falls in the bucket that starts at 16."""
 REPRODUCE_TOLERANCE = 1e-9
-EXIF_ORIENTATION = 0x0112
-TRANSPOSED = {5, 6, 7, 8}
-"""EXIF orientations that swap width and height (cv2, which Ultralytics reads images with, applies them)."""
 
 
 @dataclass(frozen=True)
@@ -88,71 +70,28 @@ def image_key(path: str | Path) -> str:
     return str(Path(path).resolve())
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as Ultralytics sees the image: EXIF rotations of 90° swap them."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        width, height = im.size
-        if im.getexif().get(EXIF_ORIENTATION) in TRANSPOSED:
-            width, height = height, width
-    return int(width), int(height)
-
-
 def label_boxes(label_file: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """(classes, xywh in pixels) of one YOLO label file; Ultralytics' reading rules.
-
-    Lines of more than 6 fields make the file a polygon file (every line a polygon, boxed by its
-    extreme points), duplicate lines count once, a missing file is an image without objects.
-    """
-    try:
-        text = label_file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return np.zeros(0, int), np.zeros((0, 4))
-    rows = [line.split() for line in text.strip().splitlines() if line.strip()]
-    if not rows:
-        return np.zeros(0, int), np.zeros((0, 4))
-    if any(len(r) > 6 for r in rows):
-        boxes = []
-        for r in rows:
-            xy = np.array(r[1:], float).reshape(-1, 2)
-            lo, hi = xy.min(0), xy.max(0)
-            boxes.append([float(r[0]), *((lo + hi) / 2), *(hi - lo)])
-        table = np.array(boxes)
-    else:
-        table = np.array([r[:5] for r in rows], float)
-    table = np.unique(table, axis=0)
+    """(classes, xywh in pixels) of one YOLO label file, read as Ultralytics reads it (``data.labels``):
+    polygons as their bounding boxes, repeated rows once, no file (or a refused one): no objects."""
+    table = read_labels(label_file, nc=None).boxes
     cls = table[:, 0].astype(int)
     xc, yc, w, h = (table[:, 1] * width, table[:, 2] * height, table[:, 3] * width, table[:, 4] * height)
     return cls, np.stack((xc - w / 2, yc - h / 2, w, h), 1)
 
 
 def read_ground_truth(images: Iterable[str | Path], names: Mapping[int, str]) -> GroundTruth:
-    """Ground truth of these images from their YOLO label files (``images/`` → ``labels/``, .txt)."""
-    from flows.engine.data.checks import label_path
-
+    """Ground truth of these images from their YOLO label files (``images/`` → ``labels/``, .txt), at
+    the image's size as Ultralytics sees it (EXIF rotations of 90° swap width and height)."""
     out = []
     for image in images:
         path = Path(image)
-        width, height = image_size(path)
+        size = image_size(path)
+        if size is None:
+            raise ValueError(f"{path}: the image cannot be read")
+        width, height = size
         cls, xywh = label_boxes(label_path(path), width, height)
         out.append(LabeledImage(image_key(path), width, height, cls, xywh))
     return GroundTruth(tuple(out), {int(k): str(v) for k, v in names.items()})
-
-
-def ground_truth_of_split(data_yaml: Path, split: str = "val") -> GroundTruth:
-    """Ground truth of a dataset YAML's split, read as the engine reads datasets (``data.dataset``).
-
-    For evaluating a saved ``predictions.json`` on its own; the training child passes the validator's
-    own image list to ``read_ground_truth`` instead.
-    """
-    from flows.engine.data.dataset import resolve_dataset
-
-    found = resolve_dataset(Path(data_yaml))
-    if found.dataset is None or split not in found.images:
-        lines = "; ".join(p.line() for p in found.problems) or f"{data_yaml}: no {split} split"
-        raise ValueError(lines)
-    return read_ground_truth(found.images[split], found.dataset.names)
 
 
 def predictions_from_records(
@@ -170,22 +109,6 @@ def predictions_from_records(
         cls=tuple(np.array([r[0] for r in im], int) for im in rows),
         xywh=tuple(np.array([r[1] for r in im], float).reshape(-1, 4) for im in rows),
         score=tuple(np.array([r[2] for r in im], float) for im in rows),
-    )
-
-
-def predictions_from_json(gt: GroundTruth, path: Path) -> Predictions:
-    """Ultralytics' ``predictions.json`` of a custom dataset (``category_id`` = class + 1, ``file_name``)."""
-    by_name: dict[str, str] = {}
-    for im in gt.images:
-        name = Path(im.path).name
-        if name in by_name:
-            raise ValueError(
-                f"two validation images are called {name}; predictions.json cannot tell them apart"
-            )
-        by_name[name] = im.path
-    entries = json.loads(Path(path).read_text(encoding="utf-8"))
-    return predictions_from_records(
-        gt, ((by_name[e["file_name"]], e["category_id"] - 1, e["bbox"], e["score"]) for e in entries)
     )
 
 

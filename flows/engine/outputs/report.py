@@ -162,8 +162,8 @@ def render_report(
         "```",
         "",
     ]
-    if decision.warnings:
-        lines += ["## Warnings and notes", "", *(f"- {w}" for w in decision.warnings), ""]
+    if decision.warnings_and_notes:
+        lines += ["## Warnings and notes", "", *(f"- {w}" for w in decision.warnings_and_notes), ""]
     lines += ["## Gates", ""]
     for gate in decision.gates:
         lines += gate_table(gate)

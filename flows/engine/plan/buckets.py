@@ -1,16 +1,10 @@
 """Object-size buckets: the plan's ``evaluation`` settings and the checks of what a plan says about them.
 
-Why buckets: the plan is about small debris and its P2 head exists for 4–16 px objects, yet the overall
-mAP50-95 is dominated by the larger ones. A bucket is a half-open range ``[min_px, max_px)`` of object
-size in pixels of the ORIGINAL image (not the letterboxed training size), measured either as the box's
-longest side (the FOD default: < 16, 16–32, 32–64, ≥ 64 px) or, as COCO does, by area (a box is
-``small`` when w×h < 32², and so on: the bounds are still written in pixels, the area is compared with
-their squares).
-
-The cross-bucket checks (overlap, gaps, names) are functions that return ``Problem`` lines instead of
-raising inside the model, so that a plan with three mistakes gets three lines, not one.
-
-Pure: pydantic only.
+A bucket is a half-open range ``[min_px, max_px)`` of object size in pixels of the original image,
+measured as the box's longest side (the FOD default: < 16, 16–32, 32–64, ≥ 64 px) or, as COCO does,
+by area against the bounds squared (``preset: coco``). ``bucket_problems`` and ``reference_problems``
+return one ``Problem`` line per mistake (overlaps, gaps, names; gates on unknown buckets or classes)
+instead of raising, so three mistakes give three lines. docs/EVALUATION.md. Pure: pydantic only.
 """
 
 from __future__ import annotations

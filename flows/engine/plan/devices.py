@@ -10,30 +10,62 @@ before anything trains.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from flows.engine.plan.problems import Problem
 from flows.engine.plan.schema import Plan, SearchNode
 from flows.engine.plan.search_settings import TrialWorkers
 
-
-def gpu_list(device: Any) -> list[int] | None:
-    """The indices of a device naming two or more GPUs (``"0,1"``, ``[0, 1]``, ``"cuda:0,1"``), or None."""
-    if isinstance(device, list | tuple):
-        parts = [str(p) for p in device]
-    elif isinstance(device, str) and "," in device:
-        parts = device.lower().removeprefix("cuda:").split(",")
-    else:
-        return None
-    parts = [p.strip() for p in parts if p.strip()]
-    if len(parts) < 2 or not all(p.isdigit() for p in parts):
-        return None
-    return [int(p) for p in parts]
+DeviceKind = Literal["cuda", "cpu", "mps", "other"]
+SPELLING_NOISE = ("cuda:", "none", "(", ")", "[", "]", "'", " ")
+"""What Ultralytics' ``parse_device`` deletes from a device argument before reading it."""
 
 
-def several_gpus(device: Any) -> bool:
-    """Whether a device argument names more than one GPU in any spelling (the child refuses those)."""
-    return gpu_list(device) is not None or (isinstance(device, str) and "," in device)
+@dataclass(frozen=True)
+class Devices:
+    """A ``device`` argument, read once as Ultralytics' ``parse_device`` reads it (without torch).
+
+    ``kind`` ``cuda``: ``gpus`` are the CUDA indices (no device, ``None`` or ``""`` is GPU 0, the one
+    Ultralytics picks when there is a GPU); ``cpu``; ``mps``; ``other``: an NPU or XPU, ``-1`` (an idle
+    GPU, chosen by Ultralytics) or a spelling Ultralytics refuses. ``parts``: the canonical spelling's
+    comma-separated parts (``"cuda:2, 3"`` → ``("2", "3")``, ``[0, 1]`` → ``("0", "1")``).
+    """
+
+    kind: DeviceKind
+    gpus: tuple[int, ...] = ()
+    parts: tuple[str, ...] = ()
+
+    @property
+    def several(self) -> bool:
+        """Whether it names more than one device (one training trains on one)."""
+        return len(self.parts) > 1
+
+    @property
+    def index(self) -> int | None:
+        """The CUDA (and NVML) index of a single GPU; None for cpu, mps, other devices or several GPUs."""
+        return self.gpus[0] if len(self.gpus) == 1 else None
+
+
+def parse_devices(device: Any) -> Devices:
+    """Read a device argument in any spelling Ultralytics accepts: None, an int, ``"0"``, ``"0,1"``,
+    ``"cuda:2"``, ``"cuda"``, ``"cpu"``, ``"mps"``, a list or tuple of indices."""
+    text = str(device).lower()
+    for noise in SPELLING_NOISE:
+        text = text.replace(noise, "")
+    parts = tuple(str(int(p)) if is_index(p) else p for p in text.split(",") if p)
+    if parts in ((), ("cuda",)):
+        return Devices("cuda", (0,), ("0",))
+    if parts in (("cpu",), ("mps",)):
+        return Devices("cpu" if parts[0] == "cpu" else "mps", (), parts)
+    if all(is_index(p) for p in parts):
+        return Devices("cuda", tuple(int(p) for p in parts), parts)
+    return Devices("other", (), parts)
+
+
+def is_index(part: str) -> bool:
+    """A device index: ASCII digits only."""
+    return part.isascii() and part.isdigit()
 
 
 def node_device_problems(plan: Plan, source: str) -> list[Problem]:
@@ -47,7 +79,7 @@ def node_device_problems(plan: Plan, source: str) -> list[Problem]:
             "spreads its trials over them), or give the search workers: {devices: [0, 1]}",
         )
         for name, node in plan.nodes.items()
-        if isinstance(getattr(node, "args", None), dict) and several_gpus(node.args.get("device"))
+        if isinstance(getattr(node, "args", None), dict) and parse_devices(node.args.get("device")).several
     ]
 
 
@@ -57,8 +89,8 @@ def spread_devices(plan: Plan, force: dict[str, Any]) -> tuple[Plan, dict[str, A
     Returns the plan and the forced arguments to run with, and a note for each change (empty when the
     run's device names one GPU or none)."""
     forced = "device" in force
-    gpus = gpu_list(force["device"] if forced else plan.defaults.get("device"))
-    if gpus is None:
+    gpus = list(parse_devices(force["device"] if forced else plan.defaults.get("device")).gpus)
+    if len(gpus) < 2:
         return plan, force, []
     first = str(gpus[0])
     if forced:

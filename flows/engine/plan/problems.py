@@ -65,13 +65,6 @@ def errors_of(problems: Iterable[Problem]) -> list[Problem]:
     return [p for p in problems if p.severity == "error"]
 
 
-def raise_if_errors(problems: Iterable[Problem]) -> None:
-    """Raise ``PlanError`` when any problem is an error."""
-    errors = errors_of(problems)
-    if errors:
-        raise PlanError(errors)
-
-
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
 

@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.engine.plan.schema import Plan, SearchNode, TrainNode
-
-DEFAULT_EPOCHS = 100
-"""Ultralytics' own default, used when neither the plan nor the node sets epochs."""
+from flows.engine.plan.ultra_defaults import ultralytics_default
 
 
 def base_chain(plan: Plan, name: str) -> list[TrainNode]:
@@ -61,7 +59,7 @@ def trial_args(
     args = node_args(plan, search.base)
     args.update(point)
     if full or search.trial_schedule == "prefix":  # a prefix trial follows the full run's schedule
-        args["epochs"] = search.full_epochs or args.get("epochs", DEFAULT_EPOCHS)
+        args["epochs"] = search.full_epochs or args.get("epochs", ultralytics_default("epochs"))
     else:
         args["epochs"] = search.trial_epochs
     args.update(force or {})
@@ -72,14 +70,13 @@ def planned_epochs(plan: Plan, name: str, force: dict[str, Any] | None = None) -
     """(best, worst) epochs a node trains: a search runs its trials and one full run."""
     node = plan.nodes[name]
     if isinstance(node, TrainNode):
-        epochs = int(node_args(plan, name, force).get("epochs", DEFAULT_EPOCHS))
+        epochs = int(node_args(plan, name, force).get("epochs", ultralytics_default("epochs")))
         return epochs, epochs
     if isinstance(node, SearchNode):
-        from flows.engine.plan.search_rules import planned_search_epochs
+        from flows.engine.plan.search_rules import planned_search_epochs, trial_count
 
-        trials = node.design.n_trials or node.design.max_trials
-        full = int(trial_args(plan, name, {}, force, full=True).get("epochs", DEFAULT_EPOCHS))
-        return planned_search_epochs(node, full_epochs=full, n_trials=trials)
+        full = int(trial_args(plan, name, {}, force, full=True)["epochs"])
+        return planned_search_epochs(node, full_epochs=full, n_trials=trial_count(node.design))
     return 0, 0
 
 

@@ -1,20 +1,10 @@
 """Choose which points of a discrete hyper-parameter space a search node trains.
 
-A plan's search node declares a few levels per parameter and a trial budget (``max_trials``).
-Even a modest space (5 parameters x 3 levels = 243 points) is far beyond a budget of 9
-trainings, so the full grid is only usable for tiny spaces. The other designs spend the
-budget so that every level of every parameter is still tried, which is what lets a report
-say which level of which parameter helped:
-
-- ``grid``: the whole Cartesian product; refused (with the size) when over budget.
-- ``orthogonal``: a standard Taguchi array (L4 ... L27); every pair of factors sees every pair
-  of levels equally often, so main effects can be estimated from few runs.
-- ``latin``: a seeded balanced Latin hypercube over the levels; any budget, every level of a
-  factor tried as evenly as possible, candidates scored for spread.
-- ``random``: seeded uniform sampling without replacement, the baseline.
-
-Everything is deterministic for a seed so that a resumed or re-run flow trains the same
-trials. Pure Python plus numpy; nothing happens at import time.
+``sample_trials(space, method, max_trials, seed=..., n_trials=...)`` returns the distinct points of a
+fixed design: ``grid`` (the whole product, refused over budget), ``orthogonal`` (a Taguchi array),
+``latin`` (a seeded balanced Latin hypercube over the levels) or ``random`` (seeded, without
+replacement); ``describe_design`` says it in one line. Deterministic for a seed, so a resumed or
+re-run flow trains the same trials. What each design is for: docs/SEARCH.md. Pure Python and numpy.
 """
 
 from __future__ import annotations

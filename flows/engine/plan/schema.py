@@ -269,11 +269,12 @@ Condition = Annotated[MetricCheck | SpeedupCheck | VramCheck | FlagCheck, Field(
 EarlyPolicy = Literal["off", "safe", "aggressive"]
 
 
-class EarlyDecisions(Strict):
-    """Whether (and how boldly) a running phase is stopped once its gate can no longer pass.
+class EarlySettings(Strict):
+    """A gate's ``early:`` settings: whether (and how boldly) a running phase is stopped once the gate
+    can no longer pass (the record of such a stop is ``EarlyDecision``).
 
-    ``safe`` never stops a phase that would have passed on any curve of the calibration set (see
-    docs/EARLY_DECISIONS.md); ``aggressive`` saves more and may be wrong; ``off`` trains every epoch.
+    ``safe`` and ``aggressive`` state the risk of stopping a phase that would have passed (1 % and 5 %;
+    docs/EARLY_DECISIONS.md); ``off`` trains every epoch.
     """
 
     policy: EarlyPolicy = "off"
@@ -299,7 +300,7 @@ class GateNode(Strict):
     on_unknown: UnknownPolicy = Field(
         default="fail", description="What a figure that could not be measured (no GPU: no VRAM) counts as."
     )
-    early: EarlyDecisions = Field(default_factory=EarlyDecisions)
+    early: EarlySettings = Field(default_factory=EarlySettings)
     on_pass: str
     on_fail: str
 
@@ -345,9 +346,15 @@ class Profile(Strict):
 
 
 class Plan(Strict):
-    """A whole plan file, after any profile has been applied."""
+    """A whole plan file, after any profile has been applied.
 
-    plan: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    ``name`` is the file's ``plan:`` key (run folders, artifact keys and the registry are named after it);
+    the file, the plan hash and every dump keep the key ``plan``.
+    """
+
+    model_config = ConfigDict(validate_by_alias=True, validate_by_name=False, serialize_by_alias=True)
+
+    name: str = Field(alias="plan", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
     description: str = ""
     task: Literal["detect"] = "detect"
     baseline: Baseline

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from flows.engine.plan.schema import Design, SearchNode
 from flows.engine.plan.search_settings import (
@@ -32,8 +32,17 @@ from flows.engine.plan.search_settings import (
 
 
 # --------------------------------------------------------------------------- cross-field rules
-def trial_count(design: Design, points: int | None = None) -> int:
-    """Trials the search trains: a fixed design's point count, or a sampler's ``n_trials``/``max_trials``."""
+class DesignSize(Protocol):
+    """What decides how many trials a search trains: a plan's ``Design`` or a study's ``StudyConfig``."""
+
+    method: str
+    max_trials: int
+    n_trials: int | None
+
+
+def trial_count(design: DesignSize, points: int | None = None) -> int:
+    """Trials the search trains: a fixed design's point count (``points``, when its points were drawn),
+    else ``n_trials`` or ``max_trials``; the one count of the dry run, the validation and the study."""
     if design.method in SAMPLER_METHODS or points is None:
         return design.n_trials or design.max_trials
     return points
@@ -202,7 +211,7 @@ def describe_study(node: SearchNode, *, full_epochs: int) -> str:
 
 def describe_sampler_design(design: Design, sampler: SamplerSettings) -> str:
     """The design line of a sampler search (``sampling.describe_design`` covers the fixed designs)."""
-    n = design.n_trials or design.max_trials
+    n = trial_count(design)
     names = {"tpe": "TPE", "qmc": f"quasi-Monte Carlo ({sampler.qmc_type})", "gp": "Gaussian-process"}
     text = f"Optuna {names.get(design.method, design.method)} sampler, {n} trials, seed {design.seed}"
     if design.method in ("tpe", "gp"):

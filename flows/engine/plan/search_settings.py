@@ -1,25 +1,11 @@
 """The plan-side settings of a search node that runs on an Optuna study: pruner, study, trial schedule.
 
-A search node's trials are trials of one Optuna study (``flows/engine/decisions/study.py``). What the
-plan says about it lives here, as strict models (unknown keys are errors) that ``schema.py`` attaches to
-``SearchNode``; the cross-field rules, which need the node's ``trial_epochs``, ``full_epochs`` and
-design (which these models do not hold), are functions of the whole node in ``search_rules.py``:
-
-- ``pruner:`` stops trials that are losing, from the per-epoch stream: ``none``, ``successive_halving``,
-  ``hyperband`` or ``median``, Optuna's pruners with their own parameters. The resource unit is the
-  epoch: Optuna's ``step`` is the number of epochs trained (1-based), so ``min_resource: 4`` means "judge
-  a trial after 4 epochs".
-- ``study:`` where the study is stored (unset: an SQLite file in the search's folder of the run), its
-  name, and the sampler's settings when the design is one of Optuna's samplers (``tpe``, ``qmc``, ``gp``).
-- ``trial_schedule:`` ``short`` (the seed plan's: every trial is its own ``trial_epochs``-epoch run, so
-  its learning-rate decay, warm-up and ``close_mosaic`` are squeezed into 20 epochs) or ``prefix`` (every
-  trial is the first ``trial_epochs`` epochs of the full run's schedule, stopped there: its curve is a
-  true prefix of the run it would become).
-- ``full_run:`` ``restart`` (train the best point from scratch for ``full_epochs``) or ``continue`` (the
-  best trial goes on from its checkpoint to ``full_epochs``; only a prefix trial can, since only its
-  checkpoint sits on the full schedule).
-
-Pure: pydantic only; Optuna is imported when a pruner or sampler object is built, never at import.
+Strict models that ``schema.py`` attaches to ``SearchNode``: ``pruner:`` (``none``,
+``successive_halving``, ``hyperband`` or ``median``; the resource unit is the epoch), ``study:``
+(storage, name, the sampler's settings), ``workers:``, and the literals of ``trial_schedule``
+(``short`` / ``prefix``) and ``full_run`` (``restart`` / ``continue``). Rules that need the whole node
+are in ``search_rules.py``; the study itself is ``decisions/study.py``. What each setting means:
+docs/SEARCH.md. Optuna is imported only when a pruner or sampler object is built.
 """
 
 from __future__ import annotations
@@ -42,8 +28,6 @@ FullRun = Literal["restart", "continue"]
 SamplerMethod = Literal["tpe", "qmc", "gp"]
 SAMPLER_METHODS: tuple[str, ...] = get_args(SamplerMethod)
 """Design methods that ask one of Optuna's samplers for each trial instead of enqueuing fixed points."""
-FIXED_DESIGNS = ("grid", "orthogonal", "latin", "random")
-"""Design methods of ``sampling.py``: their points are enqueued into the study once, in design order."""
 ReportedValue = Literal["epoch", "best_so_far"]
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}$"
 ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 from flows.engine.base import Frozen
 from flows.engine.plan.schema import (
-    TERMINAL_KINDS,
     DeployNode,
     GateNode,
     KeepBaselineNode,
@@ -104,11 +103,6 @@ def paths(plan: Plan) -> Iterator[tuple[str, ...]]:
             yield from walk(target, trail)
 
     yield from walk(plan.start, ())
-
-
-def is_terminal(plan: Plan, name: str) -> bool:
-    """True for deploy and keep-baseline nodes."""
-    return plan.nodes[name].kind in TERMINAL_KINDS
 
 
 def always_before(plan: Plan, earlier: str, later: str) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 from flows.engine.plan.problems import Problem
 from flows.engine.plan.resolve import node_args, trial_args
 from flows.engine.plan.schema import Plan, SearchNode, TrainNode
+from flows.engine.plan.ultra_defaults import ultralytics_default, ultralytics_defaults
 
 RESERVED = {
     "data": "give the dataset with --data (or the deployment's data parameter)",
@@ -37,10 +38,8 @@ LR_KEYS = ("lr0", "momentum")
 
 
 def default_cfg() -> dict[str, Any]:
-    """Ultralytics' default training configuration (lazy import)."""
-    from ultralytics.cfg import DEFAULT_CFG_DICT
-
-    return dict(DEFAULT_CFG_DICT)
+    """Ultralytics' default training configuration."""
+    return dict(ultralytics_defaults())
 
 
 def unknown_key_message(key: str, defaults: dict[str, Any]) -> str | None:
@@ -116,7 +115,7 @@ def check_resolved(
         )
     if effective_batch is not None and "nbs" in args:
         problems.append(Problem(source, f"{where}.args.nbs", "set either effective_batch or nbs, not both"))
-    batch = args.get("batch", 16)
+    batch = args.get("batch", ultralytics_default("batch"))
     if effective_batch is not None and isinstance(batch, int) and batch > 0:
         if effective_batch < batch:
             problems.append(

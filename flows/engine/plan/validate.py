@@ -184,7 +184,7 @@ def check_designs(plan: Plan, source: str) -> list[Problem]:
             except SamplingError as exc:
                 problems.append(Problem(source, f"nodes.{name}.design", str(exc)))
                 continue
-        full_epochs = int(trial_args(plan, name, {}, full=True).get("epochs", 100))
+        full_epochs = int(trial_args(plan, name, {}, full=True)["epochs"])
         found = search_problems(node, full_epochs=full_epochs, n_trials=trial_count(d, len(points) or None))
         problems += [
             Problem(source, f"nodes.{name}.{p.where}", p.message, severity=p.severity) for p in found

@@ -1,13 +1,11 @@
 """One phase's evaluation as a record: Ultralytics' figures with intervals, the COCO figures by size and
 class.
 
-``Evaluation`` is what the training child returns after the final validation (``tasks/trainers/
-evaluate.py``) and what ``PhaseResult`` holds; gates, monitors, the report and the model card read it.
-The gated overall figures stay Ultralytics' own (``PhaseResult.metrics``); this record adds their
-intervals (``MetricIntervals``, computed by ``metrics/bootstrap.py``), and the figures per bucket and
-class (``SizeReport``, COCO's, from faster-coco-eval through ``metrics/sizes.py``) with theirs.
-
-Pure: pydantic only.
+``Evaluation`` is what the training child returns after the final validation
+(``tasks/trainers/evaluate.py``) and what ``PhaseResult`` holds; gates, monitors, the report and the
+model card read it. It adds to Ultralytics' gated figures (``PhaseResult.metrics``) their intervals
+(``MetricIntervals``, from ``metrics/bootstrap.py``) and the figures per bucket and class
+(``SizeReport``, from ``metrics/sizes.py``) with theirs. Pure: pydantic only.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ class SplitProfile(Frozen):
 
     images: int
     empty_images: int
-    """Images without a box: no label file, an empty one, or only rows ``check_labels`` rejects."""
+    """Images without a box: no label file, an empty one, or one Ultralytics refuses (``check_labels``)."""
     missing_labels: int
     """Of the empty images, those without any label file (Ultralytics: background)."""
     instances: int
@@ -39,7 +39,7 @@ class SplitProfile(Frozen):
     unreadable_images: int = 0
     """Images with boxes whose header could not be read (``check_dataset`` names them)."""
     invalid_rows: int = 0
-    """Label rows skipped because ``check_labels`` would report them (or an unreadable label file)."""
+    """Label rows skipped: the rows of files ``check_labels`` reports (one per unreadable label file)."""
     duplicate_rows: int = 0
     """Exact repeats of a row in the same file, dropped as Ultralytics drops them."""
 
@@ -114,8 +114,3 @@ class DataProfile(Frozen):
     """Files read whole for the leakage check (only those a same-size file in another split forces)."""
     phases: tuple[PhaseCheck, ...] = ()
     warnings: tuple[ProfileWarning, ...] = ()
-
-    @property
-    def warning_lines(self) -> tuple[str, ...]:
-        """The warnings as message strings (what ``RunConfig.warnings`` holds)."""
-        return tuple(f"warning: {w.where}: {w.message}" for w in self.warnings)

@@ -12,20 +12,17 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from flows.engine.base import Frozen
 from flows.engine.plan.batch_settings import BatchPlanSettings
 from flows.engine.plan.buckets import EvaluationSettings
 from flows.engine.plan.schema import EarlyPolicy, GateNode, Monitor
 from flows.engine.plan.search_settings import NoPruner, PrunerSettings
+from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.batch_plan import BatchPlan
 from flows.engine.records.evaluation import Evaluation
 from flows.engine.records.profile import DataProfile
-
-METRIC_NAMES = ("precision", "recall", "map50", "map50_95")
-"""Validation metrics a gate may read; always of the final validation of best.pt."""
-
 
 Role = Literal["phase", "trial", "full"]
 """What a training is: a train node's phase, one trial of a search, or a search's full run."""
@@ -258,6 +255,11 @@ class TrainSpec(RunRef):
     ``args`` are Ultralytics training arguments already validated and merged
     (defaults → profile → node → trial); ``model``, ``data``, ``project`` and ``name``
     are not in ``args``: the trainer sets them from the fields below.
+
+    Two words, used one way throughout: a training **resumes** from its own ``last.pt`` (an interrupted
+    or killed one, with its own arguments: ``resume_checkpoint``); a search's full run **continues**
+    from the best prefix trial's checkpoint (``weights/continue.pt``, ``full_run: continue``:
+    ``continue_checkpoint``), which the trainer copies into the full run's folder and then resumes.
     """
 
     plan: str
@@ -273,8 +275,8 @@ class TrainSpec(RunRef):
     """Gradient-norm clip of this run: None keeps Ultralytics' 10.0, ``"off"`` disables clipping."""
     run_dir: Path
     """Folder the trainer owns for this run (Ultralytics' project/name)."""
-    resume_from: Path | None = None
-    """An interrupted run's own last.pt: resume it with its own arguments instead of starting over."""
+    resume_checkpoint: Path | None = None
+    """This training's own last.pt to resume from (None: it starts from epoch 1)."""
     monitors: tuple[Monitor, ...] = ()
     """Per-epoch checks of the node (a search's apply to its trials and full run); ``stop`` ones end it."""
     on_error: Literal["stop", "continue"] = "stop"
@@ -287,13 +289,13 @@ class TrainSpec(RunRef):
     """After training, evaluate best.pt again by object size and class, with intervals (None: do not)."""
     trial_hook: TrialHook | None = None
     """A search trial: report every epoch into its Optuna trial; stop when pruned (or at trial_epochs)."""
-    continue_from: Path | None = None
-    """A search's full run that continues the best prefix trial: that trial's resumable checkpoint."""
+    continue_checkpoint: Path | None = None
+    """A search's full run that continues the best prefix trial: that trial's ``weights/continue.pt``."""
 
     @property
     def epochs(self) -> int:
         """Epochs planned for this run."""
-        return int(self.args.get("epochs", 100))  # type: ignore[call-overload]
+        return int(self.args.get("epochs", ultralytics_default("epochs")))  # type: ignore[call-overload]
 
 
 EarlyCheck = Literal["metric", "speedup", "vram"]
@@ -332,7 +334,7 @@ class EarlyRule(Frozen):
     gate_name: str
     gate: GateNode
     reference_images_per_s: dict[str, float | None] = Field(default_factory=dict)
-    close_mosaic: int = 10
+    close_mosaic: int = Field(default_factory=lambda: ultralytics_default("close_mosaic"))
     """The run's Ultralytics ``close_mosaic``: the last epochs train without mosaic (and often lift)."""
 
 
@@ -366,6 +368,8 @@ class GateResult(Frozen):
 class Decision(Frozen):
     """The outcome of one walk of the tree; what decision.json holds."""
 
+    model_config = ConfigDict(validate_by_alias=True, validate_by_name=True, serialize_by_alias=True)
+
     plan: str
     run_id: str
     profile: str | None = None
@@ -377,7 +381,9 @@ class Decision(Frozen):
     trials: tuple[PhaseResult, ...] = ()
     search_trials: tuple[TrialRecord, ...] = ()
     """Every search trial as its Optuna study has it: point, state (complete, pruned at epoch k), value."""
-    warnings: tuple[str, ...] = ()
+    warnings_and_notes: tuple[str, ...] = Field(default=(), alias="warnings")
+    """The run's validation warnings, then the walk's notes (the search's design, its best trial, what
+    pruning saved): the report's "Warnings and notes". Key ``warnings`` in decision.json."""
     deployed_model: Path | None = None
     deployed_from: str | None = None
     baseline_name: str | None = None

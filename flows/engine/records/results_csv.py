@@ -1,20 +1,10 @@
 """Read Ultralytics training records (``results.csv``) into ``EpochRecord``s.
 
-Real records are messier than the format Ultralytics writes today, and the decision logic must
-read them all the same way (see ``/work/shared/curves/README.md``):
-
-- older releases pad column names and values with spaces and number epochs from 0;
-- only newer releases write a cumulative ``time`` column (seconds);
-- custom models add their own loss columns (``train/box_om``, ``val/dehaze_loss``...);
-- a resumed run appends rows, so an epoch number can repeat, and a record that went through git
-  can even hold merge-conflict markers.
-
-The rules: marker lines are skipped; epochs are made 1-based; when an epoch repeats, the LAST row
-wins (it is what the run that finished wrote); records come back sorted and unique. Non-finite
-values (``nan``, ``inf``) become None. Anything that is not a results.csv at all raises
-``RecordError`` naming the file and line, so a wrong path fails loudly instead of replaying nothing.
-
-Pure module: no torch, Ultralytics or Prefect.
+``read_results_csv(path)`` reads any release's file the same way: padded names and values, epochs from 0,
+extra loss columns and git merge-conflict markers are handled; when an epoch repeats (a resumed run
+appends rows) the last row wins; non-finite values become None; records come back sorted and unique.
+Anything that is not a results.csv raises ``RecordError`` naming file and line. The rules in full:
+docs/REPLAY.md. Pure: no torch, Ultralytics or Prefect.
 """
 
 from __future__ import annotations
