@@ -17,7 +17,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPLAYS, ROOT
@@ -147,32 +149,71 @@ REPLAY_POINTS = [
 ]
 
 
+def replay_args(spec: str, demo_data: Path) -> list[str]:
+    return ["--data", str(demo_data), "--runs-dir", "runs", "--replay", str(REPLAYS / f"{spec}.yaml")]
+
+
+SIDE_BY_SIDE = 2
+"""Replayed runs at once (each in its own folder, all on the one server): the module's wall time halves."""
+
+
 @pytest.fixture(scope="module")
 def references(
     api_url: str, demo_data: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[dict, Counter]]:
     """Uninterrupted runs of each replay, to compare with."""
-    refs = {}
-    for spec in sorted({s for s, _ in REPLAY_POINTS}):
-        cwd = tmp_path_factory.mktemp(f"ref-{spec}")
-        out = run(
-            ["--data", str(demo_data), "--runs-dir", "runs", "--replay", str(REPLAYS / f"{spec}.yaml")],
-            api_url,
-            cwd,
-        )
+
+    specs = sorted({s for s, _ in REPLAY_POINTS})
+    folders = {spec: tmp_path_factory.mktemp(f"ref-{spec}") for spec in specs}
+
+    def reference(spec: str) -> tuple[dict, Counter]:
+        cwd = folders[spec]
+        out = run(replay_args(spec, demo_data), api_url, cwd)
         assert out.returncode == 0, out.stdout[-3000:]
-        refs[spec] = (essentials(decision_of(cwd / "runs")[1]), trained_epochs(out.stdout))
-    return refs
+        return essentials(decision_of(cwd / "runs")[1]), trained_epochs(out.stdout)
+
+    with ThreadPoolExecutor(max_workers=SIDE_BY_SIDE) as pool:
+        return dict(zip(specs, pool.map(reference, specs), strict=True))
+
+
+def selected_points(request: pytest.FixtureRequest) -> list[tuple[str, str]]:
+    """The replay points this session will actually test (so ``-k`` runs only those)."""
+    ids = {
+        item.callspec.params["point"]
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_kill_at_point_then_rerun"
+    }
+    return [(spec, point) for spec, point in REPLAY_POINTS if point in ids] or REPLAY_POINTS
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(
+    request: pytest.FixtureRequest, api_url: str, demo_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]]:
+    """Each selected point: the run killed there, then the same command again (side by side)."""
+
+    points = selected_points(request)
+    folders = {point: tmp_path_factory.mktemp(re.sub(r"\W+", "-", point)) for _, point in points}
+
+    def kill_then_rerun(spec: str, point: str) -> tuple[Path, Any, Any]:
+        cwd = folders[point]
+        killed = run(replay_args(spec, demo_data), api_url, cwd, kill_at=point)
+        resumed = (
+            run(replay_args(spec, demo_data), api_url, cwd) if killed.returncode == -signal.SIGKILL else None
+        )
+        return cwd, killed, resumed
+
+    with ThreadPoolExecutor(max_workers=SIDE_BY_SIDE) as pool:
+        futures = {point: pool.submit(kill_then_rerun, spec, point) for spec, point in points}
+        return {point: future.result() for point, future in futures.items()}
 
 
 @pytest.mark.parametrize(("spec", "point"), REPLAY_POINTS, ids=[p for _, p in REPLAY_POINTS])
-def test_kill_at_point_then_rerun(spec, point, api_url, demo_data, references, tmp_path):
-    args = ["--data", str(demo_data), "--runs-dir", "runs", "--replay", str(REPLAYS / f"{spec}.yaml")]
-    killed = run(args, api_url, tmp_path, kill_at=point)
+def test_kill_at_point_then_rerun(spec, point, references, killed_and_resumed):
+    cwd, killed, resumed = killed_and_resumed[point]
     assert killed.returncode == -signal.SIGKILL, f"never reached kill point {point}: {killed.stdout[-2000:]}"
-    resumed = run(args, api_url, tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
-    run_dir, decision = decision_of(tmp_path / "runs")
+    run_dir, decision = decision_of(cwd / "runs")
     expected, expected_epochs = references[spec]
     assert essentials(decision) == expected
     epochs = trained_epochs(killed.stdout, resumed.stdout)
