@@ -96,9 +96,8 @@ class PrefectExecutor:
             while True:
                 while len(running) < width and (spec := next_to_train()) is not None:
                     task = train_task.with_options(task_run_name=slot_task_name(spec))
-                    running[runner.submit(task, {"spec": spec, "cfg": self.cfg, "run_dir": self.run_dir})] = (
-                        spec
-                    )
+                    arguments = {"spec": spec, "cfg": self.cfg, "run_dir": self.run_dir}
+                    running[runner.submit(task, arguments)] = spec
                     self.logger.info(f"{spec.label}: dispatched ({len(running)} of {width} workers busy)")
                 if not running:
                     return

@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flows.engine.decisions.stoppers import Stoppers
+from flows.engine.decisions.stoppers import Stoppers, ignore
 from flows.engine.errors import ChildKilled, TrainingError
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_write_text
 from flows.engine.plan.devices import parse_devices
 from flows.engine.records.journal import Journal
-from flows.engine.records.results import EpochEvent, GateResult, PhaseResult, TrainSpec
+from flows.engine.records.results import EarlyDecision, EpochEvent, GateResult, PhaseResult, TrainSpec
 from tasks.slots import SLOT_ENV
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,10 +46,6 @@ class Trainer(Protocol):
     def train(self, spec: TrainSpec, on_epoch: Callable[[EpochEvent], None]) -> PhaseResult:
         """Train (or replay) and return the typed result."""
         ...
-
-
-def ignore(_: str) -> None:
-    """The default for messages nobody shows."""
 
 
 def observe_nothing(_: EpochEvent) -> None:
@@ -98,17 +94,17 @@ class TrainingStep:
         self.log = log
         self.warn = warn
         self.error = error
-        self.early_decisions: list[Any] = []
+        self.early_decisions: list[EarlyDecision] = []
         """Every early decision that stopped a training of this step, in order (benchmarks count them)."""
 
     @classmethod
-    def for_run(cls, cfg: RunConfig, run_dir: Path | None, **hooks: Any) -> TrainingStep:
-        """The step of a run: the configured trainer (replay or Ultralytics), the run's journal (None: no
-        record), checkpoints checked before a resume, and the batch planned for real trainings."""
+    def for_run(cls, cfg: RunConfig, run_dir: Path, **hooks: Any) -> TrainingStep:
+        """The step of a run: the configured trainer (replay or Ultralytics), the journal of the run in
+        ``run_dir``, checkpoints checked before a resume, and the batch planned for real trainings."""
         real = cfg.replay is None
         return cls(
             make_trainer(cfg, log=hooks.get("log")),
-            None if run_dir is None else Journal(run_dir),
+            Journal(run_dir),
             checkpoint_problem=checkpoint_check(cfg),
             batch_planner=planned_batch if real else None,
             **hooks,
