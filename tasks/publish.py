@@ -20,6 +20,7 @@ from prefect.artifacts import (
 )
 
 from flows.engine.config import RunConfig
+from flows.engine.data.contact_sheet import draw_contact_sheet
 from flows.engine.data.profile import plot_histogram
 from flows.engine.decisions.walk import WalkState
 from flows.engine.faults import kill_point
@@ -257,6 +258,10 @@ def write_report(cfg: RunConfig, run_dir: Path, decision: Decision) -> Path:
     sizes = run_dir / "sizes.png"
     if not sizes.exists():
         sizes = plot_sizes(decision.phases, sizes)
+    near = decision.data_profile.near_duplicates if decision.data_profile is not None else None
+    contact = run_dir / "near_duplicates.png"
+    if near is not None and not contact.exists():
+        contact = draw_contact_sheet(near, contact)
     text = render_report(
         decision,
         tree_view(cfg.plan),
@@ -264,6 +269,7 @@ def write_report(cfg: RunConfig, run_dir: Path, decision: Decision) -> Path:
         space_keys(cfg),
         histogram.name if histogram and histogram.exists() else None,
         sizes.name if sizes else None,
+        contact.name if contact and contact.exists() else None,
     )
     report = write_text_once(run_dir / "REPORT.md", text)
     create_markdown_artifact(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if "FOD_HASH_CACHE_DIR" not in os.environ:  # the near-duplicate hash cache: not the user's home
+    import tempfile
+
+    os.environ["FOD_HASH_CACHE_DIR"] = tempfile.mkdtemp(prefix="fod-hash-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -26,6 +31,38 @@ SHIPPED_PLAN = ROOT / "configs" / "fod_plan.yaml"
 REPLAYS = ROOT / "tests" / "replays"
 
 needs_shared = pytest.mark.skipif(not GOLFBALL.is_file(), reason=f"../shared datasets not found at {SHARED}")
+
+
+def leaky_golfball(root: Path, copies: int = 4) -> tuple[Path, list[Path]]:
+    """golfball with re-encoded, shrunk, brightened and flipped copies of train images added to val
+    (labels copied, a flip's mirrored): a data.yaml, and the copies."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    source = GOLFBALL.parent
+    for split in ("train", "val"):
+        shutil.copytree(source / "images" / split, root / "images" / split)
+        shutil.copytree(source / "labels" / split, root / "labels" / split)
+    changes = [
+        lambda im: im,
+        lambda im: im.resize((im.width // 2, im.height // 2)),
+        lambda im: ImageEnhance.Brightness(im).enhance(1.15),
+        ImageOps.mirror,
+    ]
+    made = []
+    for k, train in enumerate(sorted((root / "images" / "train").iterdir())[:copies]):
+        with Image.open(train) as im:
+            picture = changes[k % len(changes)](im.convert("RGB"))
+        made.append(root / "images" / "val" / f"copy_{k}.jpg")
+        picture.save(made[-1], quality=70)
+        rows = (root / "labels" / "train" / f"{train.stem}.txt").read_text().split("\n")
+        if k % len(changes) == 3:  # mirrored: x -> 1 - x
+            rows = [
+                " ".join([r.split()[0], f"{1 - float(r.split()[1]):.6f}", *r.split()[2:]]) for r in rows if r
+            ]
+        (root / "labels" / "val" / f"copy_{k}.txt").write_text("\n".join(rows))
+    data = root / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: golf_ball\n")
+    return data, made
 
 
 @pytest.fixture(scope="session")

@@ -162,6 +162,16 @@ def plan_set(dotted: str, value: Any) -> Callable[[Ctx], object]:
     return lambda c: c.plan_doc(lambda d: set_in(d, dotted, value))
 
 
+def plan_sets(*pairs: tuple[str, Any]) -> Callable[[Ctx], object]:
+    """Several keys set at once."""
+
+    def mutate(d: dict) -> None:
+        for dotted, value in pairs:
+            set_in(d, dotted, value)
+
+    return lambda c: c.plan_doc(mutate)
+
+
 def shipped_text_with(old: str, new: str) -> Callable[[Ctx], object]:
     """The shipped plan's own text (comments and all) with one edit, as a user would make it."""
 
@@ -362,6 +372,9 @@ CASES: list[Case] = [
     Case("size buckets leave a gap", plan_set("evaluation", {"buckets": [{"name": "small", "max_px": 16}, {"name": "big", "min_px": 32}]}), ("evaluation.buckets", "gap")),
     Case("gate reads an unknown bucket", plan_set("nodes.gate1.conditions", [{"check": "metric", "metric": "map50_95", "min": 0.5, "bucket": "tiny"}]), ("nodes.gate1.conditions[0].bucket", "unknown bucket 'tiny'")),
     Case("gate reads an unknown class", plan_set("nodes.gate1.conditions", [{"check": "metric", "metric": "map50_95", "min": 0.5, "class": "rivet"}]), ("nodes.gate1.conditions[0].class", "unknown class 'rivet'")),
+    Case("gate on @clean without the leakage check", plan_sets(("leakage", {"enabled": False}), ("nodes.gate1.conditions", [{"check": "metric", "metric": "map50_95", "min": 0.5, "images": "clean"}])), ("nodes.gate1.conditions[0].images", "needs leakage enabled")),
+    Case("gate on @clean of a bucket", plan_set("nodes.gate1.conditions", [{"check": "metric", "metric": "map50_95", "min": 0.5, "images": "clean", "bucket": "lt16"}]), ("nodes.gate1.conditions", "images: clean reads the overall figures")),
+    Case("leakage radius negative", plan_set("leakage", {"radius": -1}), ("leakage.radius", "greater than or equal to 0")),
     Case("batch plan budget in MiB", plan_set("nodes.phase1.batch_plan", {"budget_gb": 18432}), ("nodes.phase1.batch_plan.budget_gb", "looks like MiB")),
     Case("batch plan budget not what the monitor reads", plan_set("nodes.phase1.batch_plan", {"budget_gb": 16, "figure": "nvml_peak"}), ("nodes.phase1.monitors[0]", "differs from")),
     # --- files the plan names

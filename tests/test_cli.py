@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import GOLFBALL, ROOT, SHIPPED_PLAN, needs_shared
+from conftest import GOLFBALL, ROOT, SHIPPED_PLAN, leaky_golfball, needs_shared
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -47,6 +47,22 @@ def test_dry_run_on_shipped_plan_and_golfball(tmp_path):
     assert "path rules:" in out.stdout and "planned epochs per branch:" in out.stdout
     assert "worst case 460 epochs" in out.stdout
     assert snapshot(tmp_path) == before
+
+
+@needs_shared
+def test_dry_run_names_val_images_that_are_altered_copies_of_train_images(tmp_path):
+    """Re-encoded, shrunk, brightened and flipped copies of train images in val, under other names: no
+    byte is shared, and the dry run counts them, names them and says the gates' figures count them."""
+    data, copies = leaky_golfball(tmp_path / "data")
+    out = run_cli("--plan", str(SHIPPED_PLAN), "--data", str(data), "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "leakage: no image is byte-identical across splits" in out.stdout
+    assert f"val {len(copies)} of {36 + len(copies)}" in out.stdout
+    assert f"{len(copies)} val images have one in train" in out.stdout
+    for copy in copies:
+        assert f"val/{copy.name}" in out.stdout
+    warning = f"{len(copies)} val image(s) have a near-duplicate in another split"
+    assert warning in out.stdout + out.stderr
 
 
 def test_bad_plan_exits_2_with_one_line_per_problem_and_writes_nothing(tmp_path, write_plan, demo_data):

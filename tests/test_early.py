@@ -257,6 +257,8 @@ def test_a_curve_far_below_its_minimum_stops_at_the_first_decidable_epoch():
     first = decidable_from(100, RULE)
     assert (found.check, found.epoch, found.epochs_saved) == ("metric", first, 100 - first)
     assert found.observed < found.bound < 0.99 and found.risk == 0.01
+    clean = gate({"check": "metric", "metric": "map50_95", "min": 0.99, "images": "clean"}, COMPLETED)
+    assert first_decision(clean, events, rules=RULES) is None  # the epochs' figures bound no @clean one
 
 
 @needs_curves

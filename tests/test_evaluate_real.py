@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import SHARED, needs_shared
+from conftest import SHARED, leaky_golfball, needs_shared
 
 from flows.engine.plan.buckets import EvaluationSettings
 from flows.engine.records.evaluation import Evaluation
@@ -102,6 +102,42 @@ def test_golfball_evaluation_after_a_short_training(tmp_path):
         Path(p).name for p in (GOLF.parent / "images" / "val").iterdir()
     }
     assert evaluation.seconds["bootstrap"] < 30
+    check_clean_figures(best, tmp_path)
+
+
+def check_clean_figures(best: Path, tmp_path: Path) -> None:
+    """The @clean figures leave out the val images the near-duplicate check finds in train (the copies
+    among them), and equal a validation of the val split without those images (one image per batch,
+    so no image's letterbox depends on its neighbours)."""
+    from flows.engine.data.near_duplicates import find_near_duplicates
+    from flows.engine.plan.leakage import LeakageSettings
+    from tasks.trainers.evaluate import evaluate
+
+    rule = LeakageSettings()
+    data, copies = leaky_golfball(tmp_path / "leaky")
+    splits = {s: sorted((tmp_path / "leaky" / "images" / s).iterdir()) for s in ("train", "val")}
+    found = find_near_duplicates(splits, rule)
+    leaked = {
+        p
+        for p in splits["val"]
+        if any(p.name in (Path(q.first).name, Path(q.second).name) for q in found.pairs if q.cross)
+    }
+    assert set(copies) <= leaked and found.val_in_train == len(leaked)
+    evaluation = evaluate(best, data, imgsz=160, device="cpu", batch=1, leakage=rule)
+    clean = evaluation.clean
+    assert (
+        clean is not None and clean.left_out == len(leaked) and clean.images == 36 + len(copies) - len(leaked)
+    )
+    kept = tmp_path / "clean_val.txt"
+    kept.write_text("\n".join(str(p) for p in splits["val"] if p not in leaked))
+    reference_yaml = tmp_path / "clean.yaml"
+    reference_yaml.write_text(
+        f"train: {tmp_path / 'leaky' / 'images' / 'train'}\nval: {kept}\nnames:\n  0: golf_ball\n"
+    )
+    reference = evaluate(best, reference_yaml, imgsz=160, device="cpu", batch=1)
+    for metric in ("precision", "recall", "map50", "map50_95"):
+        assert clean.get(metric) == pytest.approx(reference.overall.get(metric), abs=1e-9), metric
+        assert clean.interval(metric) is not None
 
 
 @pytest.mark.slow

@@ -34,7 +34,29 @@ SIZE_GATE = [
         "class": "bolt",
         "require": "lower_bound",
     },
+    {"check": "metric", "metric": "map50_95", "min": 0.0, "images": "clean"},
 ]
+LEAKED = 3
+"""Train images copied (re-encoded, other names) into val: what the @clean figures leave out."""
+
+
+def with_leaked_copies(data: Path, root: Path) -> Path:
+    """The demo dataset with ``LEAKED`` of its train images re-encoded into val under other names."""
+    import shutil
+
+    from PIL import Image
+
+    shutil.copytree(data.parent, root)
+    train = sorted((root / "images" / "train").iterdir())[:LEAKED]
+    for k, image in enumerate(train):
+        with Image.open(image) as im:
+            im.convert("RGB").save(root / "images" / "val" / f"frame_{k}.jpg", quality=70)
+        shutil.copy(
+            root / "labels" / "train" / f"{image.stem}.txt", root / "labels" / "val" / f"frame_{k}.txt"
+        )
+    copy = root / data.name
+    copy.write_text(copy.read_text(encoding="utf-8").replace(f"path: {data.parent}", f"path: {root}"))
+    return copy
 
 
 def gate_with(conditions: list[dict]) -> GateNode:
@@ -53,8 +75,9 @@ def evaluated_run(demo_data, tmp_path_factory):
     doc["nodes"]["gate1"]["conditions"] = SIZE_GATE
     plan = base / "plan.yaml"
     plan.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    data = with_leaked_copies(demo_data, base / "data")
     request = OptimizeRequest(
-        plan=plan, data=demo_data, runs_dir=base / "runs", overrides={"imgsz": 64, "epochs": 1}
+        plan=plan, data=data, runs_dir=base / "runs", overrides={"imgsz": 64, "epochs": 1}
     )
     decision = optimize_prepared(prepare(request))
     return decision, base / "runs" / decision.run_id
@@ -86,6 +109,24 @@ def test_the_gate_reads_a_bucket_of_a_class_and_shows_intervals(evaluated_run):
     assert "## Accuracy by object size and class" in report and "| < 16 px |" in report
     assert " – " not in report and "None" not in report
     assert (run_dir / "sizes.png").is_file() or "no object" in report
+
+
+def test_leaked_val_images_are_counted_left_out_of_clean_and_shown(evaluated_run):
+    """The copies are in decision.json's counts, the @clean figures leave them out, the gate reads
+    them, and the report shows both figures and the pairs as a contact sheet."""
+    decision, run_dir = evaluated_run
+    saved = json.loads((run_dir / "decision.json").read_text(encoding="utf-8"))
+    near = saved["data_profile"]["near_duplicates"]
+    assert near["val_in_train"] == LEAKED and near["cross"]["val"] == LEAKED
+    clean = decision.phases[0].evaluation.clean
+    assert clean is not None and clean.left_out == LEAKED and clean.images == 8
+    row = decision.gates[0].rows[2]
+    assert row.condition == "map50_95@clean" and row.observed.startswith(f"{clean.get('map50_95'):.4f}")
+    report = (run_dir / "REPORT.md").read_text(encoding="utf-8")
+    assert f"| clean 8 ({LEAKED} left out) |" in report
+    assert "### Near-duplicates by content" in report and "frame_0.jpg" in report
+    assert "![near-duplicate pairs](near_duplicates.png)" in report
+    assert (run_dir / "near_duplicates.png").is_file()
 
 
 def test_marginal_decisions_are_flagged_whatever_the_policy(evaluated_run):

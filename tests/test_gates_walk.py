@@ -13,6 +13,7 @@ from flows.engine.decisions.monitors import check_monitors
 from flows.engine.decisions.walk import walk_tree
 from flows.engine.plan.schema import GateNode, Monitor, SearchNode
 from flows.engine.plan.tree import always_before, find_cycle, paths
+from flows.engine.records.evaluation import Interval, MetricIntervals
 from flows.engine.records.results import (
     EpochEvent,
     EpochRecord,
@@ -257,3 +258,54 @@ def test_gpu_slots_name_one_limit_per_card(device, slots, tmp_path):
         plan="p", node="n", model=Path("m.yaml"), data=Path("d.yaml"), args=args, run_dir=tmp_path
     )
     assert gpu_slots(spec) == slots
+
+
+# ----------------------------------------------------------------------------------------- @clean figures
+
+
+def with_clean(all_map: float, clean_map: float | None) -> PhaseResult:
+    """A result whose evaluation has figures on all images and, unless None, on the clean ones."""
+    from flows.engine.records.evaluation import CleanFigures, Evaluation, OverallFigures
+
+    clean = (
+        None
+        if clean_map is None
+        else CleanFigures(
+            rule="phash 8x8, Hamming distance ≤ 11",
+            images=60,
+            left_out=12,
+            overall=OverallFigures(map50_95=clean_map),
+            intervals=MetricIntervals(
+                map50_95=Interval(low=clean_map - 0.02, high=clean_map + 0.02, level=0.95),
+                level=0.95,
+                resamples=1000,
+                seed=0,
+                images=60,
+                seconds=0.1,
+            ),
+        )
+    )
+    evaluation = Evaluation(
+        weights="w", data="d", imgsz=640, images=72, overall=OverallFigures(map50_95=all_map), clean=clean
+    )
+    return result(metrics=ValMetrics(map50_95=all_map), evaluation=evaluation)
+
+
+def test_a_gate_on_the_clean_figure_reads_the_images_without_near_duplicates_in_train():
+    """All images pass 0.915, the clean ones do not: the gate on @clean fails, the plain one passes."""
+    subject = with_clean(0.93, 0.90)
+    plain = evaluate_gate("g", gate(MAP), subject, {})
+    clean = evaluate_gate("g", gate({**MAP, "images": "clean"}), subject, {})
+    assert plain.outcome == "pass" and clean.outcome == "fail"
+    [row] = clean.rows
+    assert row.condition == "map50_95@clean" and row.observed.startswith("0.9000")
+    assert "[0.8800, 0.9200]" in row.observed
+    unknown = evaluate_gate("g", gate({**MAP, "images": "clean"}), with_clean(0.93, None), {})
+    assert unknown.outcome == "fail" and unknown.rows[0].verdict == "unknown"
+
+
+def test_clean_reads_the_overall_figures_only():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="images: clean reads the overall figures"):
+        gate({**MAP, "images": "clean", "bucket": "lt16"})

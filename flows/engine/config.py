@@ -212,6 +212,8 @@ def check_evaluation(plan: Plan, source: str, dataset: ResolvedDataset | None) -
         if not isinstance(node, GateNode):
             continue
         for i, cond in enumerate(node.conditions):
+            if isinstance(cond, MetricCheck) and cond.images == "clean":
+                problems += clean_problems(plan, source, f"nodes.{name}.conditions[{i}].images")
             if isinstance(cond, MetricCheck):
                 problems += reference_problems(
                     metric=cond.metric,
@@ -223,6 +225,22 @@ def check_evaluation(plan: Plan, source: str, dataset: ResolvedDataset | None) -
                     where=f"nodes.{name}.conditions[{i}]",
                 )
     return problems
+
+
+def clean_problems(plan: Plan, source: str, where: str) -> list[Problem]:
+    """A gate on ``@clean`` figures needs the evaluation (which computes them) and the leakage check."""
+    needed = {"evaluation": plan.evaluation.enabled, "leakage": plan.leakage.enabled}
+    off = [what for what, on in needed.items() if not on]
+    if not off:
+        return []
+    return [
+        Problem(
+            source,
+            where,
+            f"images: clean needs {' and '.join(off)} enabled (the @clean figures are the evaluation's "
+            f"figures without the validation images the leakage check finds in train)",
+        )
+    ]
 
 
 def profile_data(plan: Plan, dataset: ResolvedDataset, plan_dir: Path, force: dict[str, Any]) -> DataProfile:
@@ -237,7 +255,9 @@ def profile_data(plan: Plan, dataset: ResolvedDataset, plan_dir: Path, force: di
             imgsz = node_args(plan, name, force).get("imgsz", ultralytics_default("imgsz"))
             shapes.append(PhaseShape(name, int(imgsz), max_stride(resolve_model(model, base_dir=plan_dir))))
     imgsz = int({**plan.defaults, **force}.get("imgsz", ultralytics_default("imgsz")))
-    return profile_dataset(dataset_images(dataset), dataset.names, imgsz=imgsz, phases=shapes)
+    return profile_dataset(
+        dataset_images(dataset), dataset.names, imgsz=imgsz, phases=shapes, leakage=plan.leakage
+    )
 
 
 def check_replay(path: Path, plan: Plan) -> tuple[ReplaySpec | None, list[Problem]]:

@@ -110,6 +110,7 @@ def evaluate(
     workers: int | None = 0,
     split: str = "val",
     save_dir: Path | None = None,
+    leakage: Any = None,
 ) -> Any:
     """Validate ``weights`` once on ``data``'s ``split`` and return the ``Evaluation`` (figures + intervals).
 
@@ -117,6 +118,8 @@ def evaluate(
     seed 0). Use the final validation's ``batch`` (twice the training batch) to get exactly its figures;
     ``quantize`` is Ultralytics' precision argument (None: fp32, as the trainer's final validation). With
     ``save_dir`` the validator's folder (``predictions.json``) is kept there; without, it is removed.
+    With ``leakage`` (the plan's ``LeakageSettings``) the figures are also computed without the images
+    that have a near-duplicate in the dataset's train split (``Evaluation.clean``).
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: nothing may be downloaded
     from ultralytics import YOLO
@@ -163,6 +166,11 @@ def evaluate(
             predictions = predictions_from_records(gt, prediction_records(validator))
             sizes = evaluate_sizes(gt, predictions, settings, max_det=int(validator.args.max_det))
             seconds["sizes"] = time.perf_counter() - started
+        clean = None
+        if leakage is not None:
+            started = time.perf_counter()
+            clean = clean_figures(stats, validator.kept_files, data, leakage, settings, intervals)
+            seconds["clean"] = time.perf_counter() - started
         exported = folder / "predictions.json"
         return Evaluation(
             weights=str(weights),
@@ -174,6 +182,7 @@ def evaluate(
             overall=OverallFigures(**{k: finite(v) for k, v in summary._asdict().items()}),
             intervals=intervals,
             sizes=sizes,
+            clean=clean,
             predictions_json=str(exported) if keep and exported.is_file() else None,
             seconds=seconds,
             note=note,
@@ -181,6 +190,43 @@ def evaluate(
     finally:
         if not keep:
             shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def clean_figures(
+    stats: Any, files: list[str], data: Path, leakage: Any, settings: Any, intervals: Any
+) -> Any:
+    """Ultralytics' figures and their intervals on the validated images without a near-duplicate in train.
+
+    The rule and the hash cache are the dry run's, so the images left out are the ones it counted.
+    With none left out, they are the overall figures and ``intervals`` (no second bootstrap).
+    """
+    import numpy as np
+
+    from flows.engine.data.dataset import resolve_dataset
+    from flows.engine.data.near_duplicates import leaked_images
+    from flows.engine.metrics.bootstrap import bootstrap_intervals
+    from flows.engine.records.evaluation import CleanFigures, OverallFigures
+
+    train = resolve_dataset(data).images.get("train", [])
+    leaked = leaked_images(files, train, leakage)
+    keep = np.array([k for k, f in enumerate(files) if Path(f) not in leaked], dtype=np.intp)
+    subset = stats.subset(keep)
+    if len(keep) < len(files):
+        intervals = (
+            bootstrap_intervals(
+                subset, resamples=settings.resamples, seed=settings.seed, level=settings.confidence
+            )
+            if len(keep)
+            else None
+        )
+    figures = subset.summary()._asdict() if len(keep) else {}
+    return CleanFigures(
+        rule=leakage.label,
+        images=len(keep),
+        left_out=len(files) - len(keep),
+        overall=OverallFigures(**{k: finite(v) for k, v in figures.items()}),
+        intervals=intervals,
+    )
 
 
 def agreement_note(ours: Any, theirs: Any) -> str:

@@ -536,6 +536,7 @@ def evaluate_best(trainer: Any, spec: Any, args: dict[str, Any]) -> dict[str, An
             batch=int(loader.batch_size) if loader is not None else None,
             workers=int(trainer.args.workers),
             save_dir=Path(trainer.save_dir) / "evaluation",
+            leakage=spec.leakage,
         )
     except Exception as exc:
         traceback.print_exc()

@@ -25,8 +25,17 @@ import numpy as np
 
 from flows.engine.data.labels import image_size, label_path, no_boxes, read_label_files
 from flows.engine.fsutil import atomic_write_bytes
+from flows.engine.plan.leakage import LeakageSettings
 from flows.engine.plan.problems import Problem
-from flows.engine.records.profile import DataProfile, Leak, PhaseCheck, ProfileWarning, SplitProfile
+from flows.engine.records.profile import (
+    DataProfile,
+    Leak,
+    NearDuplicates,
+    NearPair,
+    PhaseCheck,
+    ProfileWarning,
+    SplitProfile,
+)
 
 SMALL_BOX_PX = 8.0
 """Boxes with a longest side under this (at imgsz) are reported as too small: the plan's debris is
@@ -316,6 +325,41 @@ def leak_warning(leak: Leak) -> ProfileWarning:
     return ProfileWarning(kind="leakage", where=leak.second, message=message)
 
 
+def near_duplicate_warnings(near: NearDuplicates | None, train: str = "train") -> list[ProfileWarning]:
+    """A warning per split (other than train) with images near-duplicated in another split, and one for
+    undecodable images: a pair across splits always has a side outside train, so each pair is named."""
+    if near is None:
+        return []
+    found = []
+    for split, count in near.cross.items():
+        if not count or split == train:
+            continue
+        pair = next(p for p in near.pairs if p.cross and split in (p.first_split, p.second_split))
+        mine, other = (pair.first, pair.second) if pair.first_split == split else (pair.second, pair.first)
+        gated = (
+            f"; the gates' {VAL_SPLIT} figures count them, the @clean figures leave out the "
+            f"{near.val_in_train} with one in {train}"
+            if split == VAL_SPLIT and near.val_in_train
+            else ""
+        )
+        message = (
+            f"{count} {split} image(s) have a near-duplicate in another split ({near.rule.label}; e.g. "
+            f"{Path(mine).name} ~ {Path(other).name}, distance {pair.distance}){gated}; "
+            f"remove or move the copies so that one picture sits in one split"
+        )
+        found.append(ProfileWarning(kind="near_duplicates", where=split, message=message))
+    if near.unreadable:
+        shown = ", ".join(Path(p).name for p in near.unreadable[:MAX_EXAMPLES])
+        extra = len(near.unreadable) - MAX_EXAMPLES
+        more = f" and {extra} more" if extra > 0 else ""
+        message = (
+            f"{len(near.unreadable)} image(s) could not be decoded ({shown}{more}): truncated or not "
+            f"images; they were not checked for near-duplicates, and training will skip or fail on them"
+        )
+        found.append(ProfileWarning(kind="unreadable_images", where="images", message=message))
+    return found
+
+
 def missing_class_warning(classes: Sequence[str], split: str) -> ProfileWarning:
     """The warning for classes with no instance in the validation split."""
     listed = ", ".join(repr(c) for c in classes)
@@ -333,6 +377,7 @@ def collect_warnings(
     splits: Mapping[str, SplitProfile],
     leaks: Sequence[Leak],
     phases: Sequence[PhaseCheck],
+    near: NearDuplicates | None = None,
     *,
     large_px: float,
     max_large_share: float,
@@ -341,6 +386,7 @@ def collect_warnings(
     """Every plan-sanity warning: large boxes without P5, leakage, classes absent from val."""
     found = [phase_warning(c, large_px, max_large_share, p5_stride) for c in phases if c.warned]
     found += [leak_warning(leak) for leak in leaks]
+    found += near_duplicate_warnings(near)
     if VAL_SPLIT in splits:
         counts = splits[VAL_SPLIT].class_instances
         absent = [name for name, n in zip(classes, counts, strict=True) if n == 0]
@@ -368,13 +414,15 @@ def profile_dataset(
     p5_stride: int = P5_STRIDE,
     edges_px: Sequence[float] = HISTOGRAM_EDGES_PX,
     max_examples: int = MAX_EXAMPLES,
+    leakage: LeakageSettings | None = None,
 ) -> DataProfile:
     """Profile the labels of every split, check each phase against them, and collect the warnings.
 
     ``splits`` maps a split name (``train``, ``val``, …) to its image paths; label files are found by
     Ultralytics' rule (``label_path``). ``imgsz`` is the size the histogram is drawn at; each phase is
-    checked at its own imgsz. Never raises for a missing or corrupt file: it is counted, and
-    ``check_dataset`` is what reports it.
+    checked at its own imgsz. With ``leakage``, every image is also hashed (cached) and compared for
+    near-duplicates. Never raises for a missing or corrupt file: it is counted, and ``check_dataset``
+    is what reports it.
     """
     classes = class_names(names)
     paths = {split: [Path(p) for p in images] for split, images in splits.items()}
@@ -383,6 +431,11 @@ def profile_dataset(
     edges = tuple(float(e) for e in edges_px)
     per_split = {s: summarise(t, imgsz, edges, small_px, large_px) for s, t in tallies.items()}
     leaks, hashed = find_leaks(paths, max_examples)
+    near = None
+    if leakage is not None and leakage.enabled:
+        from flows.engine.data.near_duplicates import find_near_duplicates
+
+        near = find_near_duplicates(paths, leakage)
     thresholds = {"large_px": large_px, "max_large_share": max_large_share, "p5_stride": p5_stride}
     checks = check_phases(phases, total, small_px=small_px, **thresholds)
     return DataProfile(
@@ -396,8 +449,9 @@ def profile_dataset(
         overall=summarise(total, imgsz, edges, small_px, large_px),
         leaks=leaks,
         hashed_files=hashed,
+        near_duplicates=near,
         phases=checks,
-        warnings=collect_warnings(classes, per_split, leaks, checks, **thresholds),
+        warnings=collect_warnings(classes, per_split, leaks, checks, near, **thresholds),
     )
 
 
@@ -458,6 +512,52 @@ def leak_line(profile: DataProfile) -> str:
     return f"  leakage: {'; '.join(parts)}"
 
 
+MAX_TEXT_PAIRS = 10
+"""Near-duplicate pairs listed by ``--dry-run`` (the report lists more, the counts are complete)."""
+
+MAX_REPORT_PAIRS = 50
+"""Near-duplicate pairs listed in the report."""
+
+
+def near_duplicate_lines(profile: DataProfile) -> list[str]:
+    """Near-duplicates for ``--dry-run``: counts per split, the first pairs, the undecodable images."""
+    near = profile.near_duplicates
+    if near is None:
+        return ["  near-duplicates: not checked (leakage.enabled is false)"]
+    head = f"  near-duplicates ({near.rule.label}; {near.images} images, {near.seconds:.1f} s):"
+    if not near.cross_pairs and not near.within_pairs:
+        lines = [f"{head} none"]
+    else:
+        counts = ", ".join(
+            f"{split} {near.cross.get(split, 0)} of {profile.splits[split].images}"
+            for split in profile.splits
+        )
+        lines = [f"{head} images with one in another split: {counts}"]
+        if near.val_in_train:
+            lines.append(f"    {near.val_in_train} {VAL_SPLIT} images have one in train (left out of @clean)")
+        within = ", ".join(f"{s} {n}" for s, n in near.within.items() if n)
+        if within:
+            lines.append(f"    within a split (not leakage): {within}")
+        lines += [f"    {pair_text(p)}" for p in near.pairs[:MAX_TEXT_PAIRS]]
+        if len(near.pairs) > MAX_TEXT_PAIRS:
+            lines.append(
+                f"    … {near.cross_pairs + near.within_pairs - MAX_TEXT_PAIRS} more pairs (see the report)"
+            )
+    if near.unreadable:
+        shown = ", ".join(near.unreadable[:MAX_EXAMPLES])
+        lines.append(f"    unreadable ({len(near.unreadable)}, not compared): {shown}")
+    return lines
+
+
+def pair_text(pair: NearPair) -> str:
+    """``val/a.jpg ~ train/b.jpg  distance 3 (flipped)``."""
+    flip = " (flipped)" if pair.flipped else ""
+    return (
+        f"{pair.first_split}/{Path(pair.first).name} ~ {pair.second_split}/{Path(pair.second).name}  "
+        f"distance {pair.distance}{flip}"
+    )
+
+
 def histogram_lines(split: SplitProfile, edges: Sequence[float], width: int = 30) -> list[str]:
     """A text bar chart of the longest-side histogram."""
     peak = max(split.histogram, default=0) or 1
@@ -473,7 +573,7 @@ def render_text(profile: DataProfile) -> str:
     """The profile for ``--dry-run``: a line per split, classes, leakage, one histogram, the phases."""
     lines = [f"data profile (box longest side in px at imgsz {profile.imgsz}):"]
     lines += [split_line(name, split, profile) for name, split in profile.splits.items()]
-    lines += [class_line(profile), leak_line(profile)]
+    lines += [class_line(profile), leak_line(profile), *near_duplicate_lines(profile)]
     lines.append(f"  longest side, all splits ({profile.overall.measured_boxes} boxes):")
     lines += histogram_lines(profile.overall, profile.edges_px)
     for check in profile.phases:
@@ -567,10 +667,67 @@ def leak_section(profile: DataProfile) -> list[str]:
     return [*lines, ""]
 
 
+def near_duplicate_section(profile: DataProfile, contact_png: str | None = None) -> list[str]:
+    """Markdown: near-duplicate counts per split, the nearest pairs, the contact sheet, unreadable images."""
+    near = profile.near_duplicates
+    if near is None:
+        return ["Not checked (`leakage.enabled: false`).", ""]
+    lines = [
+        f"Rule: {near.rule.label} (docs/LEAKAGE.md); {near.images} images, {near.hashed} hashed now, "
+        f"the others from the cache; {near.seconds:.1f} s.",
+        "",
+        "| split | images | with a near-duplicate in another split | within the split |",
+        "|---|---:|---:|---:|",
+    ]
+    for split, counts in profile.splits.items():
+        lines.append(
+            f"| {md_cell(split)} | {counts.images} | {near.cross.get(split, 0)} | "
+            f"{near.within.get(split, 0)} |"
+        )
+    lines.append("")
+    if near.val_in_train:
+        lines += [
+            f"{near.val_in_train} {VAL_SPLIT} images have a near-duplicate in train: the @clean figures "
+            "leave them out.",
+            "",
+        ]
+    if near.pairs:
+        shown = near.pairs[:MAX_REPORT_PAIRS]
+        total = near.cross_pairs + near.within_pairs
+        lines += [
+            f"Nearest pairs ({len(shown)} of {total}; across splits first):",
+            "",
+            "| split | image | split | image | distance |",
+            "|---|---|---|---|---:|",
+        ]
+        for p in shown:
+            flip = " (flipped)" if p.flipped else ""
+            lines.append(
+                f"| {md_cell(p.first_split)} | `{md_cell(p.first)}` | {md_cell(p.second_split)} | "
+                f"`{md_cell(p.second)}` | {p.distance}{flip} |"
+            )
+        lines.append("")
+    if contact_png:
+        lines += [f"![near-duplicate pairs]({contact_png})", ""]
+    if near.unreadable:
+        lines += [
+            f"Unreadable images ({len(near.unreadable)}; could not be decoded, not compared):",
+            "",
+            *(f"- `{md_cell(p)}`" for p in near.unreadable[:MAX_REPORT_PAIRS]),
+            "",
+        ]
+    return lines
+
+
 def render_markdown(
-    profile: DataProfile, histogram_png: str | None = None, *, with_warnings: bool = True
+    profile: DataProfile,
+    histogram_png: str | None = None,
+    *,
+    with_warnings: bool = True,
+    contact_png: str | None = None,
 ) -> str:
-    """The profile as a report section (Markdown tables); ``histogram_png``: a relative image link.
+    """The profile as a report section (Markdown tables); ``histogram_png``, ``contact_png``: relative
+    image links.
 
     ``with_warnings=False`` leaves out the warnings, for a report that lists them with the others.
     """
@@ -599,6 +756,7 @@ def render_markdown(
     if profile.phases:
         lines += ["### Phases and the stride-32 head", "", *phase_table(profile), ""]
     lines += ["### Leakage between splits", "", *leak_section(profile)]
+    lines += ["### Near-duplicates by content", "", *near_duplicate_section(profile, contact_png)]
     if with_warnings and profile.warnings:
         lines += ["### Data warnings", "", *(f"- {md_cell(w.message)}" for w in profile.warnings), ""]
     return "\n".join(lines)

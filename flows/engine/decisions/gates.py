@@ -50,10 +50,17 @@ def vram_of(result: PhaseResult, figure: str) -> float | None:
 
 def metric_figure(cond: MetricCheck, subject: PhaseResult) -> tuple[str, float | None, Interval | None]:
     """(label, value, interval) a metric condition reads: Ultralytics' overall figure (and its bootstrap
-    interval), or the COCO evaluator's figure for a size bucket and/or class."""
+    interval), the same without the validation images near-duplicated in train (``@clean``), or the
+    COCO evaluator's figure for a size bucket and/or class."""
     from flows.engine.metrics.evaluation import condition_name
 
     evaluation = subject.evaluation
+    if cond.images == "clean":
+        clean = evaluation.clean if evaluation is not None else None
+        label = f"{cond.metric}@clean"
+        if clean is None:
+            return label, None, None
+        return label, clean.get(cond.metric), clean.interval(cond.metric)
     if cond.bucket is None and cond.class_ is None:
         interval = evaluation.interval(cond.metric) if evaluation is not None else None
         return cond.metric, subject.metrics.get(cond.metric), interval

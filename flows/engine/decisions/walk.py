@@ -121,6 +121,7 @@ def spec_for(
         batch_plan=cfg.batch_plan_of(ref.node),
         early=early_rule(cfg, ref, args, results or {}),
         evaluation=cfg.plan.evaluation if cfg.plan.evaluation.enabled else None,
+        leakage=cfg.plan.leakage if cfg.plan.leakage.enabled else None,
     )
 
 

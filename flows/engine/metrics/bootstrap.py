@@ -62,6 +62,23 @@ class MatchStats:
             n_images=len(images),
         )
 
+    def subset(self, images: np.ndarray) -> MatchStats:
+        """The matches of some images only (indices into this validation), renumbered in that order."""
+        keep = np.asarray(images, dtype=np.intp)
+        new_index = np.full(self.n_images, -1, dtype=np.intp)
+        new_index[keep] = np.arange(len(keep))
+        preds = new_index[self.pred_image] >= 0
+        targets = new_index[self.target_image] >= 0
+        return MatchStats(
+            tp=self.tp[preds],
+            conf=self.conf[preds],
+            pred_cls=self.pred_cls[preds],
+            pred_image=new_index[self.pred_image[preds]],
+            target_cls=self.target_cls[targets],
+            target_image=new_index[self.target_image[targets]],
+            n_images=len(keep),
+        )
+
     def summary(self) -> Summary:
         """Ultralytics' four figures of these matches."""
         return summarize(ap_per_class(self.tp, self.conf, self.pred_cls, self.target_cls))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from flows.engine.fsutil import atomic_write_bytes
 from flows.engine.records.evaluation import BucketMetrics, Evaluation, Interval, SizeReport
@@ -72,18 +73,17 @@ def evaluation_section(title: str, evaluation: Evaluation) -> list[str]:
     if iv is not None:
         lines += [
             f"Ultralytics' figures with {iv.level:.0%} bootstrap intervals ({iv.resamples} resamples of "
-            f"{iv.images} validation images, seed {iv.seed}, {iv.seconds:.1f} s):",
+            f"the validation images, seed {iv.seed}, {iv.seconds:.1f} s):",
             "",
-            "| P | R | mAP50 | mAP50-95 |",
-            "|---|---|---|---|",
-            "| "
-            + " | ".join(
-                with_interval(evaluation.overall.get(m), iv.get(m))
-                for m in ("precision", "recall", "map50", "map50_95")
-            )
-            + " |",
-            "",
+            "| images | P | R | mAP50 | mAP50-95 |",
+            "|---|---|---|---|---|",
+            figure_row(f"all {iv.images}", evaluation.overall.get, iv.get),
         ]
+        if (clean := evaluation.clean) is not None:
+            lines.append(
+                figure_row(f"clean {clean.images} ({clean.left_out} left out)", clean.get, clean.interval)
+            )
+        lines += ["", *clean_lines(evaluation)]
     sizes = evaluation.sizes
     if sizes is not None:
         measure = "longest side" if sizes.measure == "longest_side" else "area (COCO)"
@@ -107,6 +107,43 @@ def evaluation_section(title: str, evaluation: Evaluation) -> list[str]:
             lines += [f"Note: {sizes.note}", ""]
     if evaluation.note:
         lines += [f"Note: {evaluation.note}", ""]
+    return lines
+
+
+GATED_ORDER = ("precision", "recall", "map50", "map50_95")
+
+
+def figure_row(label: str, value: Callable[[str], float | None], interval: Callable[[str], Any]) -> str:
+    """One table row of the four gated figures with their intervals."""
+    return f"| {label} | " + " | ".join(with_interval(value(m), interval(m)) for m in GATED_ORDER) + " |"
+
+
+def clean_lines(evaluation: Evaluation) -> list[str]:
+    """What the @clean row means, and where the two figures differ by more than the clean interval."""
+    clean = evaluation.clean
+    if clean is None:
+        return []
+    if not clean.left_out:
+        return [f"No validation image has a near-duplicate in train ({clean.rule}): @clean = all.", ""]
+    apart = [
+        m
+        for m in GATED_ORDER
+        if (v := evaluation.overall.get(m)) is not None
+        and (ci := clean.interval(m)) is not None
+        and not ci.holds(v)
+    ]
+    lines = [
+        f"clean: the {clean.left_out} validation images with a near-duplicate in train ({clean.rule}) left "
+        "out; gates read it as `images: clean` (`map50_95@clean`).",
+        "",
+    ]
+    if apart:
+        names = ", ".join(apart)
+        lines += [
+            f"**{names}: the figure on all images lies outside the clean figure's interval**: the leaked "
+            "images inflate what the gates read on all images.",
+            "",
+        ]
     return lines
 
 

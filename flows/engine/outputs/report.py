@@ -135,6 +135,7 @@ def render_report(
     space_keys: Sequence[str],
     histogram_png: str | None = None,
     sizes_png: str | None = None,
+    contact_png: str | None = None,
 ) -> str:
     """The whole REPORT.md."""
     verdict = (
@@ -195,7 +196,9 @@ def render_report(
         lines += [
             "## The data",
             "",
-            render_markdown(decision.data_profile, histogram_png, with_warnings=False),
+            render_markdown(
+                decision.data_profile, histogram_png, with_warnings=False, contact_png=contact_png
+            ),
         ]
     return "\n".join(lines)
 

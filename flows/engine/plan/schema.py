@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from flows.engine.base import Strict, check_inside, check_path_text, parse_fraction
 from flows.engine.plan.batch_settings import BatchPlanSettings
 from flows.engine.plan.buckets import EvaluationSettings
+from flows.engine.plan.leakage import LeakageSettings
 from flows.engine.plan.search_settings import (
     FullRun,
     NoPruner,
@@ -203,6 +204,8 @@ class MetricCheck(Strict):
     Overall, the figure is Ultralytics' own (the final validation); with ``bucket`` and/or ``class`` it is
     the COCO evaluator's figure for objects of that size and/or class (docs/EVALUATION.md). ``require:
     lower_bound`` asks the figure's bootstrap interval (at ``evaluation.confidence``) to clear ``min``.
+    ``images: clean`` reads the figure on the validation images without a near-duplicate in train
+    (``map50_95@clean``, docs/LEAKAGE.md).
     """
 
     model_config = ConfigDict(
@@ -217,12 +220,24 @@ class MetricCheck(Strict):
     )
     class_: str | int | None = Field(default=None, alias="class", description="A class by name or id.")
     require: Literal["observed", "lower_bound"] = "observed"
+    images: Literal["all", "clean"] = Field(
+        default="all",
+        description="all: every validation image; clean: only those without a near-duplicate in train.",
+    )
     on_unknown: UnknownPolicy | None = None
 
     @field_validator("min", mode="before")
     @classmethod
     def _fraction(cls, value: Any) -> float:
         return parse_fraction(value, what="min")
+
+    @model_validator(mode="after")
+    def _clean_overall(self) -> MetricCheck:
+        if self.images == "clean" and (self.bucket is not None or self.class_ is not None):
+            raise ValueError(
+                "images: clean reads the overall figures (Ultralytics'); drop bucket/class, or images"
+            )
+        return self
 
 
 class SpeedupCheck(Strict):
@@ -366,6 +381,11 @@ class Plan(Strict):
         default_factory=EvaluationSettings,
         description="After each training, best.pt evaluated again by object size and class, with bootstrap "
         "intervals for every gated figure (docs/EVALUATION.md).",
+    )
+    leakage: LeakageSettings = Field(
+        default_factory=LeakageSettings,
+        description="Near-duplicate images across splits by perceptual hash, found before training; the "
+        "evaluation's @clean figures leave out the validation images with one in train (docs/LEAKAGE.md).",
     )
     profiles: dict[str, Profile] = Field(default_factory=dict)
 

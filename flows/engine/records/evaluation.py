@@ -160,6 +160,28 @@ class OverallFigures(Record):
         return getattr(self, metric) if metric in GATED else None
 
 
+class CleanFigures(Record):
+    """Ultralytics' figures on the validation images that have no near-duplicate in train, with intervals:
+    what the gates' figures would be without the leaked images (``map50_95@clean``)."""
+
+    rule: str
+    """The near-duplicate rule, in words."""
+    images: int = Field(ge=0)
+    """Validation images kept."""
+    left_out: int = Field(ge=0)
+    """Validation images left out: each has a near-duplicate in train."""
+    overall: OverallFigures = OverallFigures()
+    intervals: MetricIntervals | None = None
+
+    def get(self, metric: str) -> float | None:
+        """A clean figure by its plan name."""
+        return self.overall.get(metric)
+
+    def interval(self, metric: str) -> Interval | None:
+        """Its interval."""
+        return self.intervals.get(metric) if self.intervals else None
+
+
 class Evaluation(Record):
     """Everything the extra validation of best.pt measured, with how sure each figure is."""
 
@@ -173,6 +195,8 @@ class Evaluation(Record):
     """Ultralytics' figures recomputed from the captured matches (equal to the validator's own)."""
     intervals: MetricIntervals | None = None
     sizes: SizeReport | None = None
+    clean: CleanFigures | None = None
+    """The same figures without the validation images near-duplicated in train (None: not computed)."""
     predictions_json: str | None = None
     """Ultralytics' exported predictions (original image pixels), when kept."""
     seconds: dict[str, float] = Field(default_factory=dict)

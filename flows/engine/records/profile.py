@@ -1,5 +1,5 @@
 """The dataset profile as a record: images, instances and box sizes per split and class, leakage between
-splits, the per-phase P5 check and its warnings.
+splits (byte-identical files and near-duplicates by content), the per-phase P5 check and its warnings.
 
 Made by ``flows/engine/data/profile.py`` before any GPU time is spent; ``RunConfig`` and the run's
 ``Decision`` carry it, ``--dry-run`` and the report render it. Pure: pydantic only.
@@ -10,8 +10,11 @@ from __future__ import annotations
 from typing import Literal
 
 from flows.engine.base import Frozen
+from flows.engine.plan.leakage import LeakageSettings
 
-WarningKind = Literal["large_boxes_without_p5", "leakage", "class_without_val"]
+WarningKind = Literal[
+    "large_boxes_without_p5", "leakage", "near_duplicates", "unreadable_images", "class_without_val"
+]
 
 
 class SplitProfile(Frozen):
@@ -64,6 +67,50 @@ class Leak(Frozen):
     """(path in ``first``, path in ``second``), at most ``MAX_EXAMPLES``."""
 
 
+class NearPair(Frozen):
+    """Two images whose perceptual hashes are within the rule's radius."""
+
+    first_split: str
+    first: str
+    second_split: str
+    second: str
+    distance: int
+    flipped: bool = False
+    """The distance is the mirrored one (a flipped copy)."""
+
+    @property
+    def cross(self) -> bool:
+        """The two images are in different splits."""
+        return self.first_split != self.second_split
+
+
+class NearDuplicates(Frozen):
+    """What the near-duplicate check found: complete counts, the nearest pairs, the unreadable images."""
+
+    rule: LeakageSettings
+    images: int = 0
+    hashed: int = 0
+    """Images decoded and hashed by this check (the others came from the hash cache)."""
+    seconds: float = 0.0
+    unreadable: tuple[str, ...] = ()
+    """Images that could not be decoded (missing, truncated, not an image): not compared."""
+    cross: dict[str, int] = {}  # noqa: RUF012 (frozen model: pydantic copies defaults)
+    """Per split: images with a near-duplicate in another split."""
+    within: dict[str, int] = {}  # noqa: RUF012
+    """Per split: images with a near-duplicate in the same split."""
+    val_in_train: int = 0
+    """Validation images with a near-duplicate in train: the images the ``@clean`` figures leave out."""
+    cross_pairs: int = 0
+    within_pairs: int = 0
+    pairs: tuple[NearPair, ...] = ()
+    """Cross-split pairs first, then within-split ones, nearest first; at most ``MAX_PAIRS``."""
+
+    @property
+    def leaked(self) -> bool:
+        """Is any image near-duplicated across splits?"""
+        return self.cross_pairs > 0
+
+
 class PhaseCheck(Frozen):
     """The box sizes one phase trains and is validated on (all splits, at its own imgsz), and whether
     it lacks the P5 head."""
@@ -112,5 +159,7 @@ class DataProfile(Frozen):
     """One entry per pair of splits that share identical files."""
     hashed_files: int = 0
     """Files read whole for the leakage check (only those a same-size file in another split forces)."""
+    near_duplicates: NearDuplicates | None = None
+    """Near-duplicates by perceptual hash (None: the plan's ``leakage`` check is off)."""
     phases: tuple[PhaseCheck, ...] = ()
     warnings: tuple[ProfileWarning, ...] = ()

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, model_validator
 from flows.engine.base import Frozen
 from flows.engine.plan.batch_settings import BatchPlanSettings
 from flows.engine.plan.buckets import EvaluationSettings
+from flows.engine.plan.leakage import LeakageSettings
 from flows.engine.plan.schema import EarlyPolicy, GateNode, Monitor
 from flows.engine.plan.search_settings import NoPruner, PrunerSettings
 from flows.engine.plan.ultra_defaults import ultralytics_default
@@ -287,6 +288,9 @@ class TrainSpec(RunRef):
     """Stop the training once the gate that will judge it can no longer pass (phases and full runs)."""
     evaluation: EvaluationSettings | None = None
     """After training, evaluate best.pt again by object size and class, with intervals (None: do not)."""
+    leakage: LeakageSettings | None = None
+    """The near-duplicate rule: the evaluation also gives the figures on the validation images without a
+    near-duplicate in train (``@clean``; None: it does not)."""
     trial_hook: TrialHook | None = None
     """A search trial: report every epoch into its Optuna trial; stop when pruned (or at trial_epochs)."""
     continue_checkpoint: Path | None = None
