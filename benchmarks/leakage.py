@@ -105,11 +105,13 @@ def real_images(demo_images: int) -> list[Path]:
     return found
 
 
-def save_copy(original: Path, name: str, out: Path) -> Path:
-    """One altered copy of ``original`` as a JPEG under ``out``."""
+def save_copy(original: Path, name: str, out: Path, upscale: float = 1.0) -> Path:
+    """One altered copy of ``original`` as a JPEG under ``out`` (``upscale``: both sides times that)."""
     _, change, quality = ALTERATIONS[name]
     with Image.open(original) as im:
         copy = change(ImageOps.exif_transpose(im).convert("RGB"))
+    if upscale != 1.0:
+        copy = resize(upscale)(copy)
     path = out / f"{original.stem}-{abs(hash(str(original))) % 10**8}-{name.replace(' ', '_')}.jpg"
     copy.save(path, quality=quality)
     return path
@@ -175,14 +177,16 @@ def pair_distances(plain: np.ndarray, mirrored: np.ndarray, upto: int, *, mirror
     return d
 
 
-def speed(originals: list[Path], workdir: Path, images: int, rule: LeakageSettings) -> dict:
+def speed(
+    originals: list[Path], workdir: Path, images: int, rule: LeakageSettings, upscale: float = 1.0
+) -> dict:
     """Hash and match ``images`` distinct files cold (empty cache) and warm."""
     names = list(ALTERATIONS)
     paths = []
     started = time.perf_counter()
     sources = itertools.islice(itertools.cycle(itertools.product(originals, names)), images)
     for k, (original, name) in enumerate(sources):
-        path = save_copy(original, name, workdir)
+        path = save_copy(original, name, workdir, upscale)
         target = path.with_name(f"{k:05d}-{path.name}")
         path.rename(target)
         paths.append(target)
@@ -256,8 +260,22 @@ TABLE_HEAD = [
 
 def markdown(result: dict) -> str:
     """The rule table (radii that meet or nearly meet the targets) and the speed row."""
+    lines = rule_markdown(result) if "choice" in result else []
+    if "speed" in result:
+        s = result["speed"]
+        lines += [
+            "",
+            f"Speed: {s['images']} images ({s['median_size'][0]}x{s['median_size'][1]} median): cold "
+            f"{s['cold']['seconds']:.1f} s ({s['cold']['hashed']} decoded), "
+            f"warm {s['warm']['seconds']:.1f} s.",
+        ]
+    return "\n".join(lines)
+
+
+def rule_markdown(result: dict) -> list[str]:
+    """The choice half's table and the chosen rules on the held-out half."""
     choice, held = result["choice"], result["held_out"]
-    lines = [
+    return [
         f"Choice half: {choice['originals']} real images, {choice['copies']} altered copies.",
         "",
         *TABLE_HEAD,
@@ -274,15 +292,6 @@ def markdown(result: dict) -> str:
         *TABLE_HEAD,
         *rows_md(result["chosen_held_out"], bound=True),
     ]
-    if "speed" in result:
-        s = result["speed"]
-        lines += [
-            "",
-            f"Speed: {s['images']} images ({s['median_size'][0]}x{s['median_size'][1]} median): cold "
-            f"{s['cold']['seconds']:.1f} s ({s['cold']['hashed']} decoded), "
-            f"warm {s['warm']['seconds']:.1f} s.",
-        ]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=10_000, help="images of the speed part (0: skip)")
     parser.add_argument("--demo-images", type=int, default=120)
     parser.add_argument("--max-radius", type=int, default=16)
+    parser.add_argument(
+        "--upscale", type=float, default=1.0, help="speed part: images this many times larger"
+    )
+    parser.add_argument("--skip-rule", action="store_true", help="the speed part only")
     ns = parser.parse_args(argv)
     if not SHARED.is_dir():
         print(f"{SHARED} is missing: the rule is measured on the shared real datasets", file=sys.stderr)
@@ -311,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "held_out": [originals[k] for k in sorted(order[len(order) // 2 :])],
     }
     with tempfile.TemporaryDirectory(prefix="leak-rule-") as tmp:
-        for half, images in halves.items():
+        for half, images in halves.items() if not ns.skip_rule else ():
             folder = Path(tmp) / half
             folder.mkdir()
             result[half] = measure_rules(images, folder, radii)
@@ -322,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     if ns.images:
         with tempfile.TemporaryDirectory(prefix="leak-speed-") as tmp:
             result["speed"] = speed(
-                [p for p in originals if SHARED in p.parents], Path(tmp), ns.images, LeakageSettings()
+                [p for p in originals if SHARED in p.parents],
+                Path(tmp),
+                ns.images,
+                LeakageSettings(),
+                ns.upscale,
             )
     ns.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(markdown(result))
