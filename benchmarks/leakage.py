@@ -328,10 +328,11 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(tmp) / half
             folder.mkdir()
             result[half] = measure_rules(images, folder, radii)
-    result["chosen"] = choose(result["choice"]["table"])
-    result["chosen_held_out"] = [
-        row for row in result["held_out"]["table"] if any(same_rule(row, c) for c in result["chosen"])
-    ]
+    if not ns.skip_rule:
+        result["chosen"] = choose(result["choice"]["table"])
+        result["chosen_held_out"] = [
+            row for row in result["held_out"]["table"] if any(same_rule(row, c) for c in result["chosen"])
+        ]
     if ns.images:
         with tempfile.TemporaryDirectory(prefix="leak-speed-") as tmp:
             result["speed"] = speed(
