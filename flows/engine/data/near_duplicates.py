@@ -35,8 +35,14 @@ read at most 64x64 pixels, and decoding a 640 px JPEG in full costs several time
 MAX_PAIRS = 200
 """Pairs kept in the profile, nearest first (the counts are always complete)."""
 
-ROW_CHUNK = 512
-"""Rows of the distance matrix computed at once (memory: chunk x images x words x 8 bytes)."""
+BLOCK_CELLS = 4_000_000
+"""Cells of the distance matrix computed at once (rows x columns): about 32 MB per 64-bit temporary,
+whatever the dataset's size."""
+
+
+def block_rows(columns: int) -> int:
+    """Rows per block for a matrix of ``columns`` columns."""
+    return max(1, BLOCK_CELLS // max(columns, 1))
 
 
 # ----------------------------------------------------------------------------------------- hashing
@@ -231,11 +237,12 @@ def close_pairs(
     """Every pair i < j within ``radius``: (i, j, distance, flipped), over all rows of ``plain``.
 
     The full distance matrix in blocks of rows: for 10,000 64-bit hashes, 10⁸ XOR-and-popcounts,
-    a few seconds in numpy, no index structure needed.
+    about a second in numpy, no index structure needed.
     """
     found: list[tuple[np.ndarray, ...]] = []
-    for start in range(0, len(plain), ROW_CHUNK):
-        rows = slice(start, start + ROW_CHUNK)
+    step = block_rows(len(plain))
+    for start in range(0, len(plain), step):
+        rows = slice(start, start + step)
         dist, flipped = block_distances(plain[rows], mirrored[rows], plain, mirror=mirror)
         i, j = np.nonzero(dist <= radius)
         keep = j > i + start
@@ -336,8 +343,9 @@ def leaked_images(
     q_plain, q_mirrored = hash_rows(q, hashes, rule.size)
     r_plain, _ = hash_rows(r, hashes, rule.size)
     leaked: set[Path] = set()
-    for start in range(0, len(q), ROW_CHUNK):
-        rows = slice(start, start + ROW_CHUNK)
+    step = block_rows(len(r))
+    for start in range(0, len(q), step):
+        rows = slice(start, start + step)
         dist, _ = block_distances(q_plain[rows], q_mirrored[rows], r_plain, mirror=rule.mirror)
         leaked.update(q[start + k] for k in np.nonzero(dist.min(axis=1) <= rule.radius)[0].tolist())
     return leaked
