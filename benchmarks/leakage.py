@@ -178,17 +178,28 @@ def pair_distances(plain: np.ndarray, mirrored: np.ndarray, upto: int, *, mirror
 
 
 def speed(
-    originals: list[Path], workdir: Path, images: int, rule: LeakageSettings, upscale: float = 1.0
+    originals: list[Path],
+    workdir: Path,
+    images: int,
+    rule: LeakageSettings,
+    upscale: float = 1.0,
+    distinct: int = 0,
 ) -> dict:
-    """Hash and match ``images`` distinct files cold (empty cache) and warm."""
+    """Hash and match ``images`` files cold (empty cache) and warm; with ``distinct``, only that many
+    are made and the rest are hard links to them (for large images, which take long to make)."""
     names = list(ALTERATIONS)
     paths = []
     started = time.perf_counter()
-    sources = itertools.islice(itertools.cycle(itertools.product(originals, names)), images)
+    sources = itertools.islice(itertools.cycle(itertools.product(originals, names)), distinct or images)
+    made_files = []
     for k, (original, name) in enumerate(sources):
         path = save_copy(original, name, workdir, upscale)
-        target = path.with_name(f"{k:05d}-{path.name}")
-        path.rename(target)
+        made_files.append(path.rename(path.with_name(f"{k:05d}-{path.name}")))
+    for k in range(images):  # beyond ``distinct``: hard links under other names, decoded like any file
+        source = made_files[k % len(made_files)]
+        target = source if k < len(made_files) else source.with_name(f"{k:05d}-link-{source.name}")
+        if target != source:
+            os.link(source, target)
         paths.append(target)
     made = time.perf_counter() - started
     splits = {"train": paths[: int(0.8 * images)], "val": paths[int(0.8 * images) : int(0.9 * images)]}
@@ -202,6 +213,7 @@ def speed(
     sizes = [Image.open(p).size for p in paths[:50]]
     return {
         "images": images,
+        "distinct": distinct or images,
         "made_seconds": made,
         "median_size": [int(np.median([s[0] for s in sizes])), int(np.median([s[1] for s in sizes]))],
         "cross_pairs": found.cross_pairs,
@@ -305,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "--upscale", type=float, default=1.0, help="speed part: images this many times larger"
     )
     parser.add_argument("--skip-rule", action="store_true", help="the speed part only")
+    parser.add_argument("--distinct", type=int, default=0, help="speed part: make this many, link the rest")
     ns = parser.parse_args(argv)
     if not SHARED.is_dir():
         print(f"{SHARED} is missing: the rule is measured on the shared real datasets", file=sys.stderr)
@@ -341,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 ns.images,
                 LeakageSettings(),
                 ns.upscale,
+                ns.distinct,
             )
     ns.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(markdown(result))
