@@ -270,13 +270,61 @@ def run_flow(cfg: RunConfig) -> Decision:
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
         updates[STARTUP] = max(STARTUP.value(), EPHEMERAL_STARTUP_S)
     with temporary_settings(updates), quiet_tracebacks(TrainingError):
+        start_embedded_server()
         return optimize_prepared(cfg)
 
 
+def start_embedded_server() -> None:
+    """Start Prefect's embedded server (when no API URL is set) out of a terminal's Ctrl-C, so that
+    the command can still mark its flow run as interrupted before stopping it (flows/signals.py).
+
+    The same server object Prefect's client starts on first use, with its process launched while
+    SIGINT is blocked; tests/test_signals.py checks the server process keeps it blocked.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.engine.interrupts import sigint_blocked
+
+    if PREFECT_API_URL.value():
+        return
+    server = SubprocessASGIServer()
+    launch = server._run_uvicorn_command
+
+    def launch_shielded() -> Any:
+        with sigint_blocked():
+            return launch()
+
+    server._run_uvicorn_command = launch_shielded  # type: ignore[method-assign]
+    server.start()
+
+
+def resume_hint(argv: list[str] | None) -> str:
+    """How to resume: the same command (the run continues its folder, finished steps are kept)."""
+    import shlex
+
+    args = sys.argv[1:] if argv is None else argv
+    return (
+        "nothing finished is lost; run the same command again to resume: "
+        f"python -m flows.optimize {shlex.join(args)}".rstrip()
+    )
+
+
 def run_cli(argv: list[str] | None = None) -> int:
-    """Parse, validate (exit 2 on bad input), then dry-run or run the flow (exit 3 on a run error)."""
+    """Parse, validate (exit 2 on bad input), then dry-run or run the flow (exit 3 on a run error).
+
+    Ctrl-C or SIGTERM at any point ends it within seconds, children and server included (130 / 143).
+    """
+    from flows.signals import Shutdown
+
     os.environ.setdefault("YOLO_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    with Shutdown(resume_hint(argv)).installed():
+        return run_parsed(args)
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """``run_cli`` after parsing."""
     try:
         request = demo_request(args) if args.demo else request_from(args)
         cfg = prepare(request)

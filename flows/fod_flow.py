@@ -252,6 +252,9 @@ def walk_run(cfg: RunConfig) -> Decision:
     A training that ends in an error raises ``TrainingError`` out of here: the flow run fails, the
     journal has recorded the error, and running the same request again resumes this run.
     """
+    from flows.signals import reinstall
+
+    reinstall()  # the command's Ctrl-C/SIGTERM handling, over Prefect's SIGTERM bridge (flows/signals.py)
     logger = get_run_logger()
     for warning in cfg.warnings:
         logger.warning(warning)

@@ -18,7 +18,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fod_models", ("fod_models",)),
     (
         "foundation",
-        ("flows.engine.base", "flows.engine.errors", "flows.engine.faults", "flows.engine.fsutil"),
+        (
+            "flows.engine.base",
+            "flows.engine.errors",
+            "flows.engine.faults",
+            "flows.engine.fsutil",
+            "flows.engine.interrupts",
+        ),
     ),
     ("plan", ("flows.engine.plan",)),
     ("records", ("flows.engine.records",)),

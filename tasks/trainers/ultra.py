@@ -22,6 +22,7 @@ from typing import Any
 
 from flows.engine.decisions.monitors import StopTraining
 from flows.engine.errors import ChildKilled, TrainingError
+from flows.engine.interrupts import children_ignore_sigint
 from flows.engine.records.results import EpochEvent, EpochRecord, PhaseResult, TrainSpec
 from flows.engine.records.results_csv import RecordError, median_after_first, read_results_csv
 from tasks.trainers.messages import ChildError, ChildResult
@@ -64,8 +65,8 @@ class UltralyticsTrainer:
         )  # not a daemon: Ultralytics' dataloader workers are processes of their own
         started = time.time()
         outcome = Outcome(records_already_trained(spec))
-        with offline_environment():
-            process.start()
+        with offline_environment(), children_ignore_sigint():
+            process.start()  # Ctrl-C reaches the command, which ends this child (flows/signals.py)
         # The pid lets an operator (and the cancel test) see that the child ends with the flow run.
         self.log(f"training process {process.name} started, pid {process.pid}; full log: {log_path(spec)}")
         try:

@@ -46,6 +46,9 @@ MAX_MESSAGE_CHARS = 600
 
 def run_training(spec_json: str, device: str | None, messages: Any, control: Any) -> None:
     """Process entry point: train ``spec`` and report through ``messages``; never raises."""
+    from flows.engine.interrupts import ignore_sigint
+
+    ignore_sigint()  # the command ends this child on Ctrl-C (flows/signals.py)
     os.environ["YOLO_OFFLINE"] = "1"  # before Ultralytics is imported: nothing may be downloaded
     _watch_parent()
     channel = Channel(messages, control)
