@@ -252,6 +252,7 @@ def walk_run(cfg: RunConfig) -> Decision:
     A training that ends in an error raises ``TrainingError`` out of here: the flow run fails, the
     journal has recorded the error, and running the same request again resumes this run.
     """
+    from flows.flow_runs import close_stale_flow_runs
     from flows.signals import reinstall
 
     reinstall()  # the command's Ctrl-C/SIGTERM handling, over Prefect's SIGTERM bridge (flows/signals.py)
@@ -265,6 +266,7 @@ def walk_run(cfg: RunConfig) -> Decision:
     with locked(run_dir):
         write_dataset_copy(cfg.dataset, run_dir)
         journal = Journal(run_dir)
+        close_stale_flow_runs(journal, logger.warning)
         progress = ProgressArtifact(WalkProgress(cfg.plan, cfg.force))
         state = walk_tree(cfg, run_dir, ProgressingExecutor(PrefectExecutor(cfg, run_dir), progress))
         deployed = journal.terminal_done(state.terminal)

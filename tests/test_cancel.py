@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +202,51 @@ def test_cancel_mid_phase_then_resume(stack, demo_data, tmp_path):
     assert [r["epoch"] for r in result["history"]] == list(range(1, PHASE1_EPOCHS + 1))
     decision = json.loads((run_dir / "decision.json").read_text(encoding="utf-8"))
     assert decision["terminal"] == "deploy_phase1", decision["path"]
+
+
+@pytest.mark.slow
+def test_worker_stopped_by_sigterm_to_its_group_mid_phase_then_resume(stack, demo_data, tmp_path):
+    """`timeout`, systemd or Ctrl-C stop the worker's whole group mid-phase: no process of the flow run
+    is left and last.pt is kept; with a worker back the same request resumes the phase from it, and the
+    flow run the stopped worker left Running is ended as Crashed, saying why."""
+    runs = tmp_path / "runs"
+    request = {
+        "plan": str(cancel_plan(tmp_path)),
+        "data": str(demo_data),
+        "profile": "smoke",
+        "runs_dir": str(runs),
+    }
+    first = trigger(request)
+    last = wait_for_file("*/phases/phase1/weights/last.pt", runs, first.id, stack)
+    worker = stack.procs[-1]
+    stopped_at = time.monotonic()
+    os.killpg(worker.pid, signal.SIGTERM)
+    worker.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while (left := processes_of(first.id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, [(p.pid, p.cmdline()) for p in left]
+    print(f"worker and flow run gone {time.monotonic() - stopped_at:.1f} s after SIGTERM to the group")
+    assert last.is_file()
+    # The worker ends the flow runs it supervises with SIGKILL: nothing in them can report, and the
+    # one left Running holds the deployment's slot; the documented command ends it now.
+    assert read_run(first.id).state.is_running()
+    ended = subprocess.run(
+        [sys.executable, "-m", "flows.flow_runs", str(last.parents[3])],
+        env={**stack.env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ended.returncode == 0 and f"1 flow run(s) ended: {first.id}" in ended.stdout, ended
+
+    stack.start_worker("worker-2.log")
+    second = wait_final(trigger(request).id, stack, deadline_s=600)
+    logs = read_logs(second.id)
+    assert second.state.is_completed(), f"{second.state}\n" + "\n".join(logs[-30:])
+    assert any("phase1: resuming the interrupted training from" in m for m in logs), logs[:20]
+    state = read_run(first.id).state
+    assert state.is_crashed() and "ended by `python -m flows.flow_runs`" in state.message, state
+    decision = json.loads((last.parents[3] / "decision.json").read_text(encoding="utf-8"))
+    assert decision["terminal"] == "deploy_phase1"

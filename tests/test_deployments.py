@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,14 @@ class Stack:
     env: dict[str, str]
     home: Path
     logs: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    """The stack's processes (server first, then the worker), each in its own session."""
+
+    def start_worker(self, log_name: str = "worker.log") -> subprocess.Popen[bytes]:
+        """A worker polling the pool, from a folder outside the checkout (the pull step must find it)."""
+        worker = start(["worker", "start", "--pool", POOL], self.env, self.logs / log_name, self.home.parent)
+        self.procs.append(worker)
+        return worker
 
 
 def free_port() -> int:
@@ -282,7 +290,7 @@ def database(logs: Path) -> Iterator[dict[str, str]]:
 
 
 @contextmanager
-def running_server(base: Path) -> Iterator[tuple[Stack, list[subprocess.Popen[bytes]]]]:
+def running_server(base: Path) -> Iterator[Stack]:
     """`prefect server start` in its own home, this process's client pointed at it; stopped on exit."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
@@ -304,7 +312,7 @@ def running_server(base: Path) -> Iterator[tuple[Stack, list[subprocess.Popen[by
                 PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],
             }
             with temporary_settings(updates):
-                yield Stack(url=url, env=env, home=home, logs=logs), procs
+                yield Stack(url=url, env=env, home=home, logs=logs, procs=procs)
         finally:
             for proc in reversed(procs):
                 stop(proc)
@@ -313,11 +321,9 @@ def running_server(base: Path) -> Iterator[tuple[Stack, list[subprocess.Popen[by
 @contextmanager
 def deployed_stack(base: Path) -> Iterator[Stack]:
     """Server + work pool + deployments from prefect.yaml + a worker; every process ends on exit."""
-    with running_server(base) as (stack, procs):
+    with running_server(base) as stack:
         create_pool(stack.url)
-        # The worker starts from a folder outside the checkout: the pull step must find the project.
-        worker = ["worker", "start", "--pool", POOL]
-        procs.append(start(worker, stack.env, stack.logs / "worker.log", stack.home.parent))
+        stack.start_worker()
         deploy_all(stack.env, stack.logs)
         yield stack
 
@@ -876,7 +882,8 @@ def test_ui_shows_a_finished_run(stack, two_runs, tmp_path):
 @pytest.mark.slow
 def test_serve_runs_on_demand_without_a_work_pool(tmp_path, demo_data):
     """`python -m flows.serve` (started outside the checkout) registers both deployments and runs a flow run."""
-    with running_server(tmp_path / "served") as (stack, procs):
+    with running_server(tmp_path / "served") as stack:
+        procs = stack.procs
         log = stack.logs / "serve.log"
         procs.append(start(["-m", "flows.serve"], stack.env, log, tmp_path, program=Path(sys.executable)))
         deadline = time.monotonic() + 180

@@ -158,6 +158,11 @@ def test_ctrl_c_and_sigterm_during_trainings_then_the_same_command_resumes_to_th
     ]
     assert len(keys) == len(set(keys)), "a finished step was recorded twice"
     assert epochs_done(run_dir, "phase1") == 2
+    states = flow_run_states(tmp_path)
+    assert len(states) == 4 and states[-1] == ("COMPLETED", "Completed")
+    # the group SIGTERM took the server down before the second run could be marked: the run that
+    # resumed the folder ended it (flows/flow_runs.py); no run is left Running
+    assert [t for t, _ in states[:-1]] == ["CRASHED"] * 3, states
 
 
 @pytest.mark.slow

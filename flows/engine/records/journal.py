@@ -59,9 +59,9 @@ class RunIdentity(BaseModel):
 
 class JournalEntry(Frozen):
     """One finished step of the walk, or an error that stopped it (an error entry finishes nothing:
-    a re-run trains that step again)."""
+    a re-run trains that step again), or a Prefect flow run that walked this run folder."""
 
-    kind: Literal["train", "gate", "terminal", "error"]
+    kind: Literal["train", "gate", "terminal", "error", "flow_run"]
     key: str
     at: float
     message: str | None = None
@@ -163,6 +163,14 @@ class Journal:
         """What a finished terminal recorded, or None when it has not run."""
         entry = self.finished().get(f"terminal:{node}")
         return None if entry is None else (entry.deployed, entry.deployed_from)
+
+    def record_flow_run(self, flow_run_id: str) -> None:
+        """Record that a flow run walks this run folder (a resumed run has one per attempt)."""
+        self.append(JournalEntry(kind="flow_run", key=f"flow-run:{flow_run_id}", at=time.time()))
+
+    def flow_runs(self) -> list[str]:
+        """The flow runs that walked this run folder, oldest first."""
+        return [e.key.removeprefix("flow-run:") for e in self.entries() if e.kind == "flow_run"]
 
     def record_gate(self, result: GateResult) -> None:
         """Record a gate's evaluation."""
