@@ -279,7 +279,8 @@ def start_embedded_server() -> None:
     the command can still mark its flow run as interrupted before stopping it (flows/signals.py).
 
     The same server object Prefect's client starts on first use, with its process launched while
-    SIGINT is blocked; tests/test_signals.py checks the server process keeps it blocked.
+    SIGINT is blocked (tests/test_signals.py: after a Ctrl-C to the whole group the flow run is
+    marked, so the server was still there).
     """
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL

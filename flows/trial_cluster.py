@@ -71,7 +71,10 @@ def trial_runner(workers: TrialWorkers) -> Iterator[Any]:
         with DaskTaskRunner(address=workers.address) as runner:
             yield runner
         return
-    cluster = local_cluster(workers)
+    from flows.engine.interrupts import sigint_blocked
+
+    with sigint_blocked():  # the cluster's loop thread, and the workers it spawns, inherit the mask:
+        cluster = local_cluster(workers)  # a terminal's Ctrl-C reaches the command alone
     try:
         with DaskTaskRunner(cluster=cluster) as runner:
             yield runner

@@ -88,8 +88,8 @@ def smoke(tmp_path: Path) -> Callable[[str], Run]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PYTHONPATH=str(ROOT), YOLO_OFFLINE="1", PREFECT_HOME=str(tmp_path / "prefect"))
 
-    def start(name: str) -> Run:
-        return Run(cmd, tmp_path, env, tmp_path / f"{name}.log")
+    def start(name: str, **extra: str) -> Run:
+        return Run(cmd, tmp_path, {**env, **extra}, tmp_path / f"{name}.log")
 
     return start
 
@@ -124,8 +124,9 @@ def check_interrupted(run: Run, code: int, seconds: float, expected: int) -> Non
 @pytest.mark.slow
 def test_ctrl_c_and_sigterm_during_trainings_then_the_same_command_resumes_to_the_terminal(smoke, tmp_path):
     """Ctrl-C to the group while phase1 trains (after its first epoch), SIGTERM to the group during a
-    Phase 3 trial, SIGTERM to the command alone during another training; each time the same command
-    continues the same run, and the last one reaches the smoke tree's terminal."""
+    Phase 3 trial, SIGTERM to the command alone between two nodes (the search's full run recorded, its
+    gate not read); each time the same command continues the same run, and the last one reaches the
+    smoke tree's terminal without training the full run again."""
     first = smoke("first")
     first.wait_for(
         lambda: (tmp_path / "runs").is_dir() and any((tmp_path / "runs").glob("*/phases/phase1/epochs.jsonl"))
@@ -141,9 +142,12 @@ def test_ctrl_c_and_sigterm_during_trainings_then_the_same_command_resumes_to_th
     assert "phase1: resuming the interrupted training from" in second.output
     check_interrupted(second, *second.interrupt(signal.SIGTERM), expected=143)
 
-    third = smoke("third")
-    third.wait_for(lambda: "training process" in third.output)
-    check_interrupted(third, *third.interrupt(signal.SIGTERM, group=False), expected=143)
+    # between two nodes: the search's full run recorded, its gate not yet read; a `kill PID` there
+    third = smoke("third", FOD_KILL_AT="journal:phase3/full", FOD_KILL_SIGNAL="SIGTERM")
+    code = third.proc.wait(timeout=300)
+    check_interrupted(third, code, 0.0, expected=143)
+    journal = (run_dir / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(journal[-1])["key"] == "phase3/full", journal[-1][:200]
 
     last = smoke("last")
     code = last.proc.wait(timeout=600)
@@ -158,6 +162,7 @@ def test_ctrl_c_and_sigterm_during_trainings_then_the_same_command_resumes_to_th
     ]
     assert len(keys) == len(set(keys)), "a finished step was recorded twice"
     assert epochs_done(run_dir, "phase1") == 2
+    assert "training process full-phase3" not in last.output, "the recorded full run is not trained again"
     states = flow_run_states(tmp_path)
     assert len(states) == 4 and states[-1] == ("COMPLETED", "Completed")
     # the group SIGTERM took the server down before the second run could be marked: the run that

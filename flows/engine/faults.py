@@ -16,12 +16,20 @@ import time
 from pathlib import Path
 
 KILL_ENV = "FOD_KILL_AT"
+KILL_SIGNAL_ENV = "FOD_KILL_SIGNAL"
+"""A signal name (``SIGTERM``, ``SIGINT``) a kill point sends this process instead of SIGKILL: an
+operator's ``kill PID`` at that exact point, which the command's handler must turn into a clean stop."""
 
 
 def kill_point(name: str) -> None:
-    """SIGKILL this process if ``FOD_KILL_AT`` names this point (test fault injection)."""
-    if os.environ.get(KILL_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """SIGKILL this process if ``FOD_KILL_AT`` names this point (test fault injection); with
+    ``FOD_KILL_SIGNAL``, that signal instead, then wait for its handler to end the process."""
+    if os.environ.get(KILL_ENV) != name:
+        return
+    chosen = os.environ.get(KILL_SIGNAL_ENV)
+    os.kill(os.getpid(), getattr(signal, chosen) if chosen else signal.SIGKILL)
+    if chosen:
+        time.sleep(60)  # the handler runs in the main thread; this one may be another
 
 
 def worker_gone_point(name: str) -> None:
