@@ -4,10 +4,10 @@ A process killed outright cannot report its state: a Prefect worker stopped by S
 kills the flow runs it supervises with SIGKILL, kill -9 and a lost machine do the same, and a SIGTERM
 to a terminal's whole group takes the embedded server down with the command. The UI would show those
 runs Running for ever, and a deployment limited to one run at a time keeps the next one waiting until
-the dead run's concurrency lease (5 minutes) runs out. The run folder's journal names every flow run
-that walked it: the one that resumes it ends the others that are not final, and ``python -m
-flows.flow_runs RUN_DIR`` ends them at once. The training children end on their own (they watch their
-parent).
+the dead run's concurrency lease (5 minutes) runs out. The run folder names every flow run that
+walked it (``flow_runs.txt``, beside the journal): the one that resumes it ends the others that are
+not final, and ``python -m flows.flow_runs RUN_DIR`` ends them at once. The training children end on
+their own (they watch their parent).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from flows.engine.records.journal import Journal
+from flows.engine.records.journal import IDENTITY, Journal
 
 STOPPED_WORKER = (
     "its process ended without reporting (a stopped worker, a kill, a signal to the whole process group)"
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.flow_runs", description=main.__doc__)
     parser.add_argument("run_dir", type=Path, help="the run folder (runs/<plan>-<time>)")
     ns = parser.parse_args(argv)
-    if not (ns.run_dir / "journal.jsonl").is_file():
-        print(f"{ns.run_dir}: no journal.jsonl: not a run folder", file=sys.stderr)
+    if not (ns.run_dir / IDENTITY).is_file():
+        print(f"{ns.run_dir}: no {IDENTITY}: not a run folder", file=sys.stderr)
         return 2
     why = f"{STOPPED_WORKER}; ended by `python -m flows.flow_runs`"
     ended = [r for r in Journal(ns.run_dir).flow_runs() if end_if_running(r, why, print)]

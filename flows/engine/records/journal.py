@@ -26,6 +26,8 @@ from flows.engine.records.results import Frozen, GateResult, PhaseResult, TrainS
 
 JOURNAL = "journal.jsonl"
 IDENTITY = "run.json"
+FLOW_RUNS = "flow_runs.txt"
+"""The Prefect flow runs that walked a run folder, one id a line (flows/flow_runs.py ends stale ones)."""
 LOCK = ".lock"
 
 
@@ -59,9 +61,9 @@ class RunIdentity(BaseModel):
 
 class JournalEntry(Frozen):
     """One finished step of the walk, or an error that stopped it (an error entry finishes nothing:
-    a re-run trains that step again), or a Prefect flow run that walked this run folder."""
+    a re-run trains that step again)."""
 
-    kind: Literal["train", "gate", "terminal", "error", "flow_run"]
+    kind: Literal["train", "gate", "terminal", "error"]
     key: str
     at: float
     message: str | None = None
@@ -165,12 +167,21 @@ class Journal:
         return None if entry is None else (entry.deployed, entry.deployed_from)
 
     def record_flow_run(self, flow_run_id: str) -> None:
-        """Record that a flow run walks this run folder (a resumed run has one per attempt)."""
-        self.append(JournalEntry(kind="flow_run", key=f"flow-run:{flow_run_id}", at=time.time()))
+        """Record that a flow run walks this run folder (a resumed run has one per attempt), beside the
+        journal (``flow_runs.txt``, one id a line): the journal itself holds only steps."""
+        with open(self.path.parent / FLOW_RUNS, "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.write(f"{flow_run_id}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def flow_runs(self) -> list[str]:
-        """The flow runs that walked this run folder, oldest first."""
-        return [e.key.removeprefix("flow-run:") for e in self.entries() if e.kind == "flow_run"]
+        """The flow runs that walked this run folder, oldest first (a torn last line is left out)."""
+        path = self.path.parent / FLOW_RUNS
+        if not path.is_file():
+            return []
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        return [line.strip() for line in lines if line.endswith("\n") and line.strip()]
 
     def record_gate(self, result: GateResult) -> None:
         """Record a gate's evaluation."""
