@@ -150,18 +150,28 @@ def test_resumed_training_counts_the_epochs_before_its_checkpoint(tmp_path):
     assert result.epochs_done == 4 and result.completed
 
 
-@pytest.mark.slow
-def test_cancel_mid_phase_then_resume(stack, demo_data, tmp_path):
-    """Cancelled mid-phase: Cancelled, child gone within seconds, last.pt kept; the re-run resumes the phase."""
-    runs = tmp_path / "runs"
-    request = {
+def smoke_request(tmp_path: Path, demo_data: Path, runs: Path) -> dict[str, str]:
+    """The flow's parameters: the cancel plan's smoke profile on the demo dataset."""
+    return {
         "plan": str(cancel_plan(tmp_path)),
         "data": str(demo_data),
         "profile": "smoke",
         "runs_dir": str(runs),
     }
+
+
+def trigger_until_checkpoint(request: dict[str, str], runs: Path, stack: Stack) -> tuple[Any, Path]:
+    """Start a run and wait for phase1's first whole last.pt: the flow run and that checkpoint."""
     first = trigger(request)
-    last = wait_for_file("*/phases/phase1/weights/last.pt", runs, first.id, stack)
+    return first, wait_for_file("*/phases/phase1/weights/last.pt", runs, first.id, stack)
+
+
+@pytest.mark.slow
+def test_cancel_mid_phase_then_resume(stack, demo_data, tmp_path):
+    """Cancelled mid-phase: Cancelled, child gone within seconds, last.pt kept; the re-run resumes the phase."""
+    runs = tmp_path / "runs"
+    request = smoke_request(tmp_path, demo_data, runs)
+    first, last = trigger_until_checkpoint(request, runs, stack)
     run_dir = last.parents[3]
     [line] = [m for m in map(CHILD_LINE.search, wait_for_logs(first.id, "training process")) if m]
     child = psutil.Process(int(line["pid"]))
@@ -210,14 +220,8 @@ def test_worker_stopped_by_sigterm_to_its_group_mid_phase_then_resume(stack, dem
     is left and last.pt is kept; with a worker back the same request resumes the phase from it, and the
     flow run the stopped worker left Running is ended as Crashed, saying why."""
     runs = tmp_path / "runs"
-    request = {
-        "plan": str(cancel_plan(tmp_path)),
-        "data": str(demo_data),
-        "profile": "smoke",
-        "runs_dir": str(runs),
-    }
-    first = trigger(request)
-    last = wait_for_file("*/phases/phase1/weights/last.pt", runs, first.id, stack)
+    request = smoke_request(tmp_path, demo_data, runs)
+    first, last = trigger_until_checkpoint(request, runs, stack)
     worker = stack.procs[-1]
     stopped_at = time.monotonic()
     os.killpg(worker.pid, signal.SIGTERM)
