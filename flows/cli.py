@@ -20,8 +20,11 @@ import yaml
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
 from flows.engine.data.dataset import describe_dataset
 from flows.engine.decisions.cost import NodeSpeed, branch_costs, describe_costs, speeds_from_runs
+from flows.engine.decisions.gates import latency_label
 from flows.engine.errors import EXIT_RUN_ERROR, TrainingError
+from flows.engine.outputs.export_text import export_summary
 from flows.engine.outputs.report import text_tree
+from flows.engine.plan.exports import export_lines
 from flows.engine.plan.problems import EXIT_BAD_INPUT, PlanError
 from flows.engine.plan.resolve import planned_epochs
 from flows.engine.plan.schema import GateNode
@@ -196,6 +199,8 @@ def describe_plan(
     speeds = earlier_run_speeds(cfg) if speeds is None else speeds
     lines += ["", *describe_costs(branch_costs(cfg.plan, cfg.force, speeds), speeds)]
     lines += batch_plan_text(cfg, batches)
+    if exports := export_lines(plan):
+        lines += ["", "exports:", *(f"  {line}" for line in exports)]
     if cfg.data_profile is not None:
         from flows.engine.data.profile import render_text
 
@@ -250,6 +255,8 @@ def describe_condition(cond: Any) -> str:
         return f"{cond.figure} ≥ {cond.min:+.0%} vs {cond.vs}"
     if cond.check == "vram":
         return f"VRAM {cond.figure} ≤ {cond.max_gb:g} GB"
+    if cond.check == "latency":
+        return f"{latency_label(cond)} ≤ {cond.max_ms:g}"
     return cond.check
 
 
@@ -362,6 +369,9 @@ def print_summary(decision: Decision, run_dir: Path, seconds: float) -> None:
     print(summary_table([*decision.phases, *decision.trials]))
     if decision.deployed_model:
         print(f"deployed model: {decision.deployed_model}")
+    if decision.deployed_export is not None:
+        for line in export_summary(decision.deployed_export):
+            print(f"  {line}")
     print(f"report: {run_dir / 'REPORT.md'}")
 
 

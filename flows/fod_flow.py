@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 from flows.engine.config import OptimizeRequest, RunConfig, prepare
 from flows.engine.data.dataset import write_dataset_copy
 from flows.engine.decisions.walk import train_in_turn, walk_tree
+from flows.engine.errors import DeployError
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import make_unique_dir
 from flows.engine.plan.search_settings import TrialWorkers
@@ -271,7 +272,11 @@ def walk_run(cfg: RunConfig) -> Decision:
         state = walk_tree(cfg, run_dir, ProgressingExecutor(PrefectExecutor(cfg, run_dir), progress))
         deployed = journal.terminal_done(state.terminal)
         if deployed is None:
-            deployed = finish_terminal(cfg, run_dir, state)
+            try:
+                deployed = finish_terminal(cfg, run_dir, state)
+            except DeployError as exc:
+                journal.record_error(exc.run, str(exc))
+                raise
             kill_point("journal:terminal")
             journal.record_terminal(state.terminal, deployed)
         decision = build_decision(cfg, run_dir, state, deployed)

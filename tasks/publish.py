@@ -6,6 +6,7 @@ Artifacts carry stable keys (plan + node), so the Prefect UI can compare runs of
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,21 @@ from prefect.artifacts import (
 
 from flows.engine.config import RunConfig
 from flows.engine.data.contact_sheet import draw_contact_sheet
+from flows.engine.data.dataset import DATASET_COPY
 from flows.engine.data.profile import plot_histogram
 from flows.engine.decisions.walk import WalkState
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import write_text_once
 from flows.engine.outputs.registry import baseline_record, deploy
 from flows.engine.outputs.report import plot_curves, plot_sizes, render_report
+from flows.engine.plan.exports import deploy_export
 from flows.engine.plan.resolve import planned_epochs
 from flows.engine.plan.schema import Plan, SearchNode
 from flows.engine.plan.tree import successors, tree_view
-from flows.engine.records.results import Decision, GateResult
+from flows.engine.plan.ultra_defaults import ultralytics_default
+from flows.engine.records.export import ExportReport
+from flows.engine.records.results import Decision, GateResult, PhaseResult
+from tasks.trainers.offline import offline_environment
 
 
 def artifact_key(*parts: str) -> str:
@@ -197,8 +203,9 @@ def finish_terminal(cfg: RunConfig, run_dir: Path, state: WalkState) -> tuple[Pa
     if node.kind == "deploy":
         registry = cfg.request.runs_dir / plan.registry
         phase = state.results[node.phase]
+        export = deployed_export(cfg, run_dir, state.terminal, phase, logger.info)
         target = deploy(
-            registry, run_dir.name, plan.name, phase, state.gates, state.path, cfg.data_fingerprint
+            registry, run_dir.name, plan.name, phase, state.gates, state.path, cfg.data_fingerprint, export
         )
         logger.info(f"deployed {node.phase} → {target}")
         return target, node.phase
@@ -206,6 +213,36 @@ def finish_terminal(cfg: RunConfig, run_dir: Path, state: WalkState) -> tuple[Pa
     write_text_once(run_dir / "BASELINE_KEPT.md", text)
     logger.info(text)
     return None, None
+
+
+def deployed_export(
+    cfg: RunConfig, run_dir: Path, name: str, phase: PhaseResult, log: Callable[[str], None]
+) -> ExportReport | None:
+    """The deploy node's export of the phase's best.pt, checked (parity) and timed, before the registry
+    gets a version; None when the node exports nothing or the run replays records (no real weights).
+
+    An export whose figures differ from best.pt's beyond the tolerance raises ``DeployError``."""
+    settings = deploy_export(cfg.plan, name)
+    if settings is None:
+        return None
+    if cfg.replay is not None:
+        log(f"{name}: a replayed run has no real weights to export; best.pt only")
+        return None
+    if phase.weights is None:
+        return None  # deploy() says what is missing
+    from tasks.trainers.export import export_and_check, export_dir, require_parity
+
+    with offline_environment():
+        report = export_and_check(
+            Path(phase.weights),
+            run_dir / DATASET_COPY,
+            settings,
+            imgsz=int(phase.args.get("imgsz", ultralytics_default("imgsz"))),
+            out_dir=export_dir(Path(phase.weights)),
+            log=log,
+        )
+    require_parity(name, report)
+    return report
 
 
 def build_decision(
@@ -231,7 +268,21 @@ def build_decision(
         baseline_map50_95=cfg.plan.baseline.map50_95,
         data_fingerprint=cfg.data_fingerprint,
         data_profile=cfg.data_profile,
+        deployed_export=recorded_export(cfg, state, deployed[0]),
     )
+
+
+def recorded_export(cfg: RunConfig, state: WalkState, deployed: Path | None) -> ExportReport | None:
+    """The deployed model's export report (a resumed run reads the one its deploy wrote)."""
+    if deployed is None or cfg.replay is not None or deploy_export(cfg.plan, state.terminal) is None:
+        return None
+    from tasks.trainers.export import export_dir, read_report
+
+    node = cfg.plan.nodes[state.terminal]
+    phase = state.results.get(getattr(node, "phase", ""))
+    if phase is None or phase.weights is None:
+        return None
+    return read_report(export_dir(Path(phase.weights)))
 
 
 def space_keys(cfg: RunConfig) -> list[str]:

@@ -172,6 +172,18 @@ def test_gpu_benchmark_exits_2_with_its_message_without_cuda(tmp_path, script):
     assert not out.exists()
 
 
+def test_the_tensorrt_latency_benchmark_exits_2_with_its_reason_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: export.py --tensorrt would really measure")
+    out = tmp_path / "trt.json"
+    done = subprocess.run([sys.executable, str(BENCH / "export.py"), "--tensorrt", "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "export.py --tensorrt: no CUDA GPU on this machine" in done.stderr and not out.exists()
+
+
 def test_gpu_memory_plans_a_few_hundred_iterations_per_run(gpu_memory):
     assert gpu_memory.epochs_for(300, 240, 6) == 8  # 40 batches per epoch
     assert gpu_memory.epochs_for(300, 240, 8) == 10  # 30 batches per epoch

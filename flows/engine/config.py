@@ -18,6 +18,7 @@ from flows.engine.data.checks import check_runs_dir, weights_problem
 from flows.engine.data.dataset import ResolvedDataset, inspect_dataset
 from flows.engine.plan.batch_settings import BatchPlanSettings
 from flows.engine.plan.devices import node_device_problems, spread_devices
+from flows.engine.plan.exports import export_problems
 from flows.engine.plan.loader import load_plan
 from flows.engine.plan.problems import PlanError, Problem, errors_of
 from flows.engine.plan.resolve import inherited, node_args, resolve_path, trial_args
@@ -308,6 +309,7 @@ def collect_problems(request: OptimizeRequest) -> Checked:
         problems += check_models(plan, str(request.plan), request.plan.parent, force)
         problems += check_batch_plans(plan, str(request.plan), force)
         problems += check_evaluation(plan, str(request.plan), dataset)
+        problems += export_problems(plan, str(request.plan))
     problems += data_problems + runs_problems
     profile = None
     if dataset is not None and not errors_of(problems):

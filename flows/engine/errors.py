@@ -35,3 +35,8 @@ class ChildKilled(TrainingError):
 
     Retried once from its ``last.pt``; a second kill is an error like any other.
     """
+
+
+class DeployError(TrainingError):
+    """A deploy that must not happen (its export does not score what best.pt scores): the run stops
+    before the registry gets a version, and running it again resumes at the deploy."""

@@ -5,7 +5,7 @@ line, halfway through a deploy, between the report and decision.json). Nothing h
 ``FOD_KILL_AT`` names that point: then the process SIGKILLs itself, as a power cut or the OOM killer
 would, so the tests can prove that re-running the same command recovers. ``FOD_FAKE_OOM_ABOVE`` makes
 the trainer raise ``torch.OutOfMemoryError`` above a batch size on a machine without a GPU;
-``FOD_KILL_CHILD`` kills a training child after an epoch.
+``FOD_KILL_CHILD`` kills a training child after an epoch; ``FOD_DAMAGE_EXPORT`` damages an export.
 """
 
 from __future__ import annotations
@@ -78,3 +78,13 @@ def child_kill_point(key: str, epoch: int, run_dir: Path) -> None:
         return
     counter.write_text(str(done + 1))
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+DAMAGE_EXPORT_ENV = "FOD_DAMAGE_EXPORT"
+"""Test fault injection in the export step: a format name (``onnx``) whose exported file is damaged right
+after the export (its largest weights scaled): it loads and runs, and scores less than best.pt."""
+
+
+def damage_requested(fmt: str) -> bool:
+    """True when ``FOD_DAMAGE_EXPORT`` names this format."""
+    return os.environ.get(DAMAGE_EXPORT_ENV) == fmt

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from flows.engine.base import Frozen
 from flows.engine.records.evaluation import Evaluation
+from flows.engine.records.export import ExportReport
 from flows.engine.records.results import OomEvent, ValMetrics
 
 
@@ -44,6 +45,8 @@ class ChildResult(Frozen):
     """The keyword arguments given to ``YOLO.train``."""
     evaluation: Evaluation | None = None
     """best.pt evaluated again by object size and class (None: not asked for, or it failed)."""
+    export: ExportReport | None = None
+    """best.pt exported, checked and timed for a latency gate (None: not asked for, or it failed)."""
 
 
 class ChildError(Frozen):

@@ -249,6 +249,7 @@ def build_result(spec: TrainSpec, outcome: Outcome, *, exitcode: int | None, wal
         gpu_name=result.gpu_name,
         args=result.args,
         evaluation=result.evaluation,
+        export=result.export,
     )
 
 

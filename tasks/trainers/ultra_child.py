@@ -512,7 +512,8 @@ def train_ultralytics(spec: Any, device: str | None, channel: Channel) -> Any:
         peak = sampler.stop() if sampler is not None else None
     trainer = model.trainer  # type: ignore[union-attr]
     evaluation = evaluate_best(trainer, spec, args) if status == "completed" else None
-    return child_result(trainer, session, args, status, reason, peak, evaluation)
+    export = export_best(trainer, spec) if status == "completed" else None
+    return child_result(trainer, session, args, status, reason, peak, evaluation, export)
 
 
 def evaluate_best(trainer: Any, spec: Any, args: dict[str, Any]) -> dict[str, Any] | None:
@@ -548,6 +549,32 @@ def evaluate_best(trainer: Any, spec: Any, args: dict[str, Any]) -> dict[str, An
     return evaluation.model_dump(mode="json")
 
 
+def export_best(trainer: Any, spec: Any) -> dict[str, Any] | None:
+    """best.pt exported, checked and timed for the gate's latency condition (``spec.export``), in the
+    training's ``export/`` folder. A failure costs the latency figure (the gate reads it as unknown),
+    not the training: it is logged in train.log."""
+    if spec.export is None or not getattr(trainer, "final_validated", False):
+        return None
+    from ultralytics.utils import LOGGER
+
+    from tasks.trainers.export import export_and_check
+
+    try:
+        report = export_and_check(
+            Path(trainer.best),
+            Path(spec.data),
+            spec.export,
+            imgsz=int(trainer.args.imgsz),
+            out_dir=Path(trainer.save_dir) / "export",
+            log=print,
+        )
+    except Exception as exc:
+        traceback.print_exc()
+        LOGGER.warning(f"the export for the latency gate failed ({type(exc).__name__}: {exc}); see train.log")
+        return None
+    return report.model_dump(mode="json")
+
+
 def on_cuda(devices: Devices) -> bool:
     """True when training will run on CUDA."""
     import torch
@@ -563,6 +590,7 @@ def child_result(
     reason: str | None,
     nvml_peak: float | None,
     evaluation: dict[str, Any] | None = None,
+    export: dict[str, Any] | None = None,
 ) -> Any:
     """Everything the parent turns into a PhaseResult, as the typed ``ChildResult``."""
     from flows.engine.records.results import ValMetrics
@@ -594,6 +622,7 @@ def child_result(
         gpu_name=_gpu_name(session),
         args=recorded_args,
         evaluation=evaluation,
+        export=export,
     )
 
 

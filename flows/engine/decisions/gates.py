@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flows.engine.plan.schema import Condition, FlagCheck, GateNode, MetricCheck, SpeedupCheck, VramCheck
+from flows.engine.plan.schema import (
+    Condition,
+    FlagCheck,
+    GateNode,
+    LatencyCheck,
+    MetricCheck,
+    SpeedupCheck,
+    VramCheck,
+)
 from flows.engine.records.evaluation import Interval
 from flows.engine.records.results import ConditionRow, EarlyDecision, GateResult, PhaseResult, Verdict
 
@@ -46,6 +54,26 @@ def vram_of(result: PhaseResult, figure: str) -> float | None:
         return torch_peak
     known = [v for v in (nvml, torch_peak) if v is not None]
     return max(known) if known else None
+
+
+def latency_label(cond: LatencyCheck) -> str:
+    """``latency onnx p95 (total) ms``: how gate tables and the dry run name the condition."""
+    return f"latency {cond.format} {cond.stat} ({cond.part}) ms"
+
+
+def latency_of(cond: LatencyCheck, subject: PhaseResult) -> tuple[float | None, str]:
+    """(ms, note) a latency condition reads from the subject's export, or (None, why there is none)."""
+    report = subject.export
+    if report is None:
+        return None, "not exported and timed (no trained weights, or the export failed: see train.log)"
+    latency = report.latency(cond.format)
+    model = report.model(cond.format)
+    if latency is None:
+        return None, model.skipped if model is not None and model.skipped else f"{cond.format} not timed"
+    note = latency.label
+    if model is not None and model.parity is not None and not model.parity.passed:
+        note += f"; parity FAILED: {model.parity.text()}"
+    return latency.figure(cond.stat, cond.part), note
 
 
 def metric_figure(cond: MetricCheck, subject: PhaseResult) -> tuple[str, float | None, Interval | None]:
@@ -128,6 +156,15 @@ def other_condition(
             fmt(value, "{:.2f}"),
             f"≤ {cond.max_gb:g}",
             compare(value, maximum=cond.max_gb),
+            note,
+        )
+    if isinstance(cond, LatencyCheck):
+        value, note = latency_of(cond, subject)
+        return (
+            latency_label(cond),
+            fmt(value, "{:.2f}"),
+            f"≤ {cond.max_ms:g}",
+            compare(value, maximum=cond.max_ms),
             note,
         )
     assert isinstance(cond, FlagCheck)

@@ -15,6 +15,7 @@ from flows.engine.config import RunConfig
 from flows.engine.data.dataset import DATASET_COPY
 from flows.engine.decisions.early import judging_gate, reference_speeds
 from flows.engine.decisions.gates import evaluate_gate
+from flows.engine.plan.exports import gate_export
 from flows.engine.plan.sampling import describe_design
 from flows.engine.plan.schema import GateNode, SearchNode, TrainNode
 from flows.engine.plan.search_settings import TrialWorkers
@@ -122,6 +123,7 @@ def spec_for(
         early=early_rule(cfg, ref, args, results or {}),
         evaluation=cfg.plan.evaluation if cfg.plan.evaluation.enabled else None,
         leakage=cfg.plan.leakage if cfg.plan.leakage.enabled else None,
+        export=gate_export(cfg.plan, ref.node) if ref.role != "trial" else None,
     )
 
 

@@ -1,18 +1,22 @@
 """Terminals: deploy a phase's weights into a versioned registry, or record keeping the baseline.
 
 A registry version is a folder ``REGISTRY/PLAN/vN`` created atomically (``mkdir`` fails
-if it exists), holding ``best.pt`` and ``MODEL_CARD.md``; no version is ever replaced.
+if it exists), holding ``best.pt``, its exports (``best.onnx``...) and ``MODEL_CARD.md``; no version is
+ever replaced.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from flows.engine.decisions.gates import shortfalls
 from flows.engine.faults import kill_point
 from flows.engine.fsutil import atomic_copy, atomic_write_text, write_text_once
+from flows.engine.outputs.export_text import export_section
 from flows.engine.outputs.tables import batch_text, fmt4, gate_table, metric_reason, na, vram_text
+from flows.engine.records.export import ExportReport
 from flows.engine.records.results import GateResult, PhaseResult
 
 MAX_VERSIONS = 100_000
@@ -34,7 +38,13 @@ def next_version_dir(registry: Path, plan: str) -> Path:
 
 
 def model_card(
-    plan: str, version: str, phase: PhaseResult, gates: list[GateResult], path: list[str], fingerprint: str
+    plan: str,
+    version: str,
+    phase: PhaseResult,
+    gates: list[GateResult],
+    path: list[str],
+    fingerprint: str,
+    export: ExportReport | None = None,
 ) -> str:
     """A model card: metrics, gate tables, data fingerprint, training args, path taken."""
     m = phase.metrics
@@ -59,6 +69,8 @@ def model_card(
         from flows.engine.metrics.render import model_card_lines
 
         lines += model_card_lines(phase.evaluation)
+    if export is not None:
+        lines += export_section(export)
     lines += [
         "## Training arguments",
         "",
@@ -90,8 +102,10 @@ def deploy(
     gates: list[GateResult],
     path: list[str],
     fingerprint: str,
+    export: ExportReport | None = None,
 ) -> Path:
-    """Copy the winning weights into a new registry version with its model card; return the weights' path.
+    """Copy the winning weights (and their checked exports) into a new registry version with its model
+    card; return the weights' path.
 
     Idempotent per run: a run killed halfway through its deploy completes the same version on resume.
     """
@@ -105,9 +119,28 @@ def deploy(
     target = version_dir / "best.pt"
     if not target.exists():
         atomic_copy(Path(phase.weights), target)
-    card = model_card(plan, version_dir.name, phase, gates, path, fingerprint)
+    if export is not None:
+        copy_exports(export, version_dir)
+    card = model_card(plan, version_dir.name, phase, gates, path, fingerprint, export)
     write_text_once(version_dir / "MODEL_CARD.md", card)
     return target
+
+
+def copy_exports(report: ExportReport, target: Path) -> None:
+    """Each exported file (an OpenVINO folder too) into the version under its own name, once."""
+    for model in report.models:
+        if model.file is None:
+            continue
+        destination = target / model.file.name
+        if destination.exists():
+            continue
+        if model.file.is_dir():
+            staging = target / f".{model.file.name}.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(model.file, staging)
+            staging.rename(destination)
+        else:
+            atomic_copy(model.file, destination)
 
 
 def baseline_record(baseline: str, map50_95: float, gates: list[GateResult]) -> str:

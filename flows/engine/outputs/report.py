@@ -13,6 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from flows.engine.fsutil import atomic_write_bytes
+from flows.engine.outputs.export_text import export_section
 from flows.engine.outputs.tables import batch_text, fmt4, gate_table, metric_reason, na, vram_text
 from flows.engine.plan.tree import TreeView
 from flows.engine.records.results import Decision, PhaseResult, TrialRecord
@@ -168,6 +169,11 @@ def render_report(
     lines += ["## Gates", ""]
     for gate in decision.gates:
         lines += gate_table(gate)
+    if decision.deployed_export is not None:
+        lines += export_section(decision.deployed_export)
+    for phase in decision.phases:
+        if phase.export is not None and phase.export != decision.deployed_export:
+            lines += export_section(phase.export, f"## {phase.label}: exported and timed for its gate")
     lines += ["## Phases", "", *phase_rows(decision.phases), ""]
     if incidents := incident_lines([*decision.phases, *decision.trials]):
         lines += ["## Incidents (divergence, out of memory, failures)", "", *incidents, ""]

@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from flows.engine.base import Strict, check_inside, check_path_text, parse_fraction
 from flows.engine.plan.batch_settings import BatchPlanSettings
 from flows.engine.plan.buckets import EvaluationSettings
+from flows.engine.plan.export_settings import ExportSettings, TimedFormat
 from flows.engine.plan.leakage import LeakageSettings
 from flows.engine.plan.search_settings import (
     FullRun,
@@ -278,7 +279,25 @@ class FlagCheck(Strict):
     on_unknown: UnknownPolicy | None = None
 
 
-Condition = Annotated[MetricCheck | SpeedupCheck | VramCheck | FlagCheck, Field(discriminator="check")]
+class LatencyCheck(Strict):
+    """The subject's best.pt, exported and timed after its training, must answer within ``max_ms``.
+
+    Timed as the deploy node the gate passes to exports it (its imgsz, batch, device; docs/EXPORT.md),
+    or with the export defaults when the gate passes elsewhere. ``stat``: the median or the 95th
+    percentile over the timed calls; ``part``: the whole call (pre-processing, model, NMS) or the model.
+    """
+
+    check: Literal["latency"]
+    max_ms: float = Field(gt=0, le=600_000)
+    format: TimedFormat = "onnx"
+    stat: Literal["median", "p95"] = "p95"
+    part: Literal["total", "model"] = "total"
+    on_unknown: UnknownPolicy | None = None
+
+
+Condition = Annotated[
+    MetricCheck | SpeedupCheck | VramCheck | LatencyCheck | FlagCheck, Field(discriminator="check")
+]
 
 
 EarlyPolicy = Literal["off", "safe", "aggressive"]
@@ -321,11 +340,18 @@ class GateNode(Strict):
 
 
 class DeployNode(Strict):
-    """Terminal: copy the phase's best weights into the model registry with a model card."""
+    """Terminal: copy the phase's best weights into the model registry with a model card.
+
+    With ``export``, the weights are first exported to each format, each export is validated against
+    best.pt (a difference beyond the tolerance stops the deploy) and timed; the files go into the version.
+    """
 
     kind: Literal["deploy"]
     description: str = ""
     phase: str
+    export: ExportSettings | None = Field(
+        default=None, description="Export, check and time the deployed model (None: best.pt only)."
+    )
 
 
 class KeepBaselineNode(Strict):

@@ -17,12 +17,14 @@ from pydantic import ConfigDict, Field, model_validator
 from flows.engine.base import Frozen
 from flows.engine.plan.batch_settings import BatchPlanSettings
 from flows.engine.plan.buckets import EvaluationSettings
+from flows.engine.plan.export_settings import ExportSettings
 from flows.engine.plan.leakage import LeakageSettings
 from flows.engine.plan.schema import EarlyPolicy, GateNode, Monitor
 from flows.engine.plan.search_settings import NoPruner, PrunerSettings
 from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.batch_plan import BatchPlan
 from flows.engine.records.evaluation import Evaluation
+from flows.engine.records.export import ExportReport
 from flows.engine.records.profile import DataProfile
 
 Role = Literal["phase", "trial", "full"]
@@ -243,6 +245,8 @@ class PhaseResult(RunRef):
     """Why the training was stopped before its planned epochs: its gate could no longer pass."""
     evaluation: Evaluation | None = None
     """best.pt evaluated again: figures by object size and class, bootstrap intervals of the gated figures."""
+    export: ExportReport | None = None
+    """best.pt exported, checked against itself and timed after training (a gate's latency condition)."""
 
     @property
     def completed(self) -> bool:
@@ -295,6 +299,8 @@ class TrainSpec(RunRef):
     """A search trial: report every epoch into its Optuna trial; stop when pruned (or at trial_epochs)."""
     continue_checkpoint: Path | None = None
     """A search's full run that continues the best prefix trial: that trial's ``weights/continue.pt``."""
+    export: ExportSettings | None = None
+    """After training, export best.pt, check it and time it (a gate's latency condition reads it)."""
 
     @property
     def epochs(self) -> int:
@@ -395,3 +401,5 @@ class Decision(Frozen):
     data_fingerprint: str | None = None
     data_profile: DataProfile | None = None
     """The dataset's profile (images, instances, box sizes, leakage) the run was validated with."""
+    deployed_export: ExportReport | None = None
+    """The deployed model's exports: files, hashes, parity with best.pt, latency (None: best.pt only)."""
