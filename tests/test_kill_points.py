@@ -248,9 +248,12 @@ def wait_for(
     raise TimeoutError(f"{path_glob} and the log line of {epoch}")
 
 
-@pytest.mark.parametrize("node", ["phase1", "phase2"])
+@pytest.mark.parametrize("node", ["phase2"])
 def test_kill_real_training_mid_phase_then_resume(node, api_url, demo_data, tmp_path):
-    """Real Ultralytics: kill -9 after the phase's first epoch checkpoint; the re-run resumes from last.pt."""
+    """Real Ultralytics: kill -9 after the phase's first epoch checkpoint; the re-run resumes from last.pt.
+
+    Phase 2: the re-run also answers phase1 and gate1 from the journal. Phase 1 killed mid-training and
+    resumed is the first stop of test_signals' chain (SIGINT), so it is not trained a second time here."""
     plan = tmp_path / "plan.yaml"
     text = (ROOT / "configs" / "fod_plan.yaml").read_text(encoding="utf-8")
     plan.write_text(text.replace("    force: # over every run, trials included\n      imgsz: 64\n      epochs: 1\n",
