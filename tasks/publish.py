@@ -31,7 +31,7 @@ from flows.engine.outputs.registry import baseline_record, deploy
 from flows.engine.outputs.report import plot_curves, plot_sizes, render_report
 from flows.engine.plan.exports import deploy_export
 from flows.engine.plan.resolve import planned_epochs
-from flows.engine.plan.schema import Plan, SearchNode
+from flows.engine.plan.schema import DeployNode, Plan, SearchNode
 from flows.engine.plan.tree import successors, tree_view
 from flows.engine.plan.ultra_defaults import ultralytics_default
 from flows.engine.records.export import ExportReport
@@ -279,7 +279,7 @@ def recorded_export(cfg: RunConfig, state: WalkState, deployed: Path | None) -> 
     from tasks.trainers.export import export_dir, read_report
 
     node = cfg.plan.nodes[state.terminal]
-    phase = state.results.get(getattr(node, "phase", ""))
+    phase = state.results.get(node.phase) if isinstance(node, DeployNode) else None
     if phase is None or phase.weights is None:
         return None
     return read_report(export_dir(Path(phase.weights)))

@@ -104,6 +104,8 @@ def test_latency_of_a_format_nobody_exports_or_tensorrt_on_the_cpu_is_refused():
     assert problem.where == "nodes.deploy_phase1.export.device" and "GPU" in problem.message
     doc["nodes"]["deploy_phase1"]["export"] = {"formats": ["onnx", "engine"], "device": "0"}
     assert export_problems(Plan.model_validate(doc), "plan.yaml") == []
+    doc["nodes"]["deploy_phase1"]["export"] = {"formats": []}  # best.pt timed only
+    assert export_problems(Plan.model_validate(doc), "plan.yaml") == []
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -520,18 +521,16 @@ def evaluate_best(trainer: Any, spec: Any, args: dict[str, Any]) -> dict[str, An
     """best.pt evaluated again by object size and class, with bootstrap intervals (``spec.evaluation``).
 
     Runs after the final validation, on the same data, image size and validation batch, so its overall
-    figures are the final validation's. A failure here costs the extra figures, not the training: it is
-    logged (in train.log) and the result has no evaluation.
+    figures are the final validation's.
     """
     if spec.evaluation is None or not getattr(trainer, "final_validated", False):
         return None
-    from ultralytics.utils import LOGGER
-
     from tasks.trainers.evaluate import evaluate
 
-    try:
-        loader = getattr(trainer, "test_loader", None)
-        evaluation = evaluate(
+    loader = getattr(trainer, "test_loader", None)
+    return after_training(
+        "the evaluation by object size",
+        lambda: evaluate(
             Path(trainer.best),
             Path(spec.data),
             imgsz=int(trainer.args.imgsz),
@@ -541,38 +540,43 @@ def evaluate_best(trainer: Any, spec: Any, args: dict[str, Any]) -> dict[str, An
             workers=int(trainer.args.workers),
             save_dir=Path(trainer.save_dir) / "evaluation",
             leakage=spec.leakage,
-        )
-    except Exception as exc:
-        traceback.print_exc()
-        LOGGER.warning(f"the evaluation by object size failed ({type(exc).__name__}: {exc}); see train.log")
-        return None
-    return evaluation.model_dump(mode="json")
+        ),
+    )
 
 
 def export_best(trainer: Any, spec: Any) -> dict[str, Any] | None:
     """best.pt exported, checked and timed for the gate's latency condition (``spec.export``), in the
-    training's ``export/`` folder. A failure costs the latency figure (the gate reads it as unknown),
-    not the training: it is logged in train.log."""
+    training's ``export/`` folder (where the deploy looks for it)."""
     if spec.export is None or not getattr(trainer, "final_validated", False):
         return None
-    from ultralytics.utils import LOGGER
+    from tasks.trainers.export import export_and_check, export_dir
 
-    from tasks.trainers.export import export_and_check
-
-    try:
-        report = export_and_check(
-            Path(trainer.best),
+    best = Path(trainer.best)
+    return after_training(
+        "the export for the latency gate",
+        lambda: export_and_check(
+            best,
             Path(spec.data),
             spec.export,
             imgsz=int(trainer.args.imgsz),
-            out_dir=Path(trainer.save_dir) / "export",
+            out_dir=export_dir(best),
             log=print,
-        )
+        ),
+    )
+
+
+def after_training(what: str, produce: Callable[[], Any]) -> dict[str, Any] | None:
+    """A record made from best.pt after training, as JSON. A failure here costs that record (the gate
+    reads its figures as unknown), not the training: it is logged in train.log."""
+    from ultralytics.utils import LOGGER
+
+    try:
+        record = produce()
     except Exception as exc:
         traceback.print_exc()
-        LOGGER.warning(f"the export for the latency gate failed ({type(exc).__name__}: {exc}); see train.log")
+        LOGGER.warning(f"{what} failed ({type(exc).__name__}: {exc}); see train.log")
         return None
-    return report.model_dump(mode="json")
+    return record.model_dump(mode="json")
 
 
 def on_cuda(devices: Devices) -> bool:

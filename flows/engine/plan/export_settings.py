@@ -80,13 +80,15 @@ class ExportSettings(Settings):
 
     def export_args(self, fmt: str, imgsz: int) -> dict[str, Any]:
         """The keyword arguments of ``YOLO.export`` for one format (device and format included)."""
+        return {"format": fmt, **self.ultralytics_args(imgsz), "device": self.device}
+
+    def ultralytics_args(self, imgsz: int) -> dict[str, Any]:
+        """The export arguments the plan states, as Ultralytics takes them (``half`` as ``quantize``)."""
         args: dict[str, Any] = {
-            "format": fmt,
             "imgsz": imgsz,
             "batch": self.batch,
             "dynamic": self.dynamic,
             "simplify": self.simplify,
-            "device": self.device,
         }
         if self.half:
             args["quantize"] = 16
@@ -96,8 +98,7 @@ class ExportSettings(Settings):
 
     def checked_args(self) -> dict[str, Any]:
         """The arguments Ultralytics' own checker is given (types and ranges), as the plan states them."""
-        args = self.export_args(self.formats[0], self.imgsz or 640)
-        return {k: v for k, v in args.items() if k not in ("format", "device")}
+        return self.ultralytics_args(self.imgsz or 640)
 
     @property
     def on_cpu(self) -> bool:
